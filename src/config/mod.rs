@@ -1,0 +1,333 @@
+//! The config file: TOML text in, a fully validated [`Config`] out.
+//!
+//! Parsing is strict: unknown keys are errors, and every error names the file,
+//! the line and the key, and says what was expected. Files the config points to
+//! (beta secret, admin token) are read here too, so a config that loads is a
+//! config that can run, and a reload picks up a rotated secret.
+
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::parse;
+
+/// Canary weight in basis points: 0..=10000 is 0%..=100% in steps of 0.01%.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Weight(u16);
+
+impl Weight {
+    pub const ZERO: Weight = Weight(0);
+    pub const FULL: Weight = Weight(10_000);
+
+    pub fn from_basis_points(bp: u16) -> Option<Weight> {
+        (bp <= 10_000).then_some(Weight(bp))
+    }
+
+    /// Accepts a percentage with at most two decimals, 0 to 100.
+    pub fn from_percent(percent: f64) -> Option<Weight> {
+        if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
+            return None;
+        }
+        let bp = (percent * 100.0).round();
+        if (percent * 100.0 - bp).abs() > 1e-6 {
+            return None;
+        }
+        Some(Weight(bp as u16))
+    }
+
+    pub fn basis_points(self) -> u16 {
+        self.0
+    }
+
+    pub fn percent(self) -> f64 {
+        f64::from(self.0) / 100.0
+    }
+}
+
+impl fmt::Display for Weight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_multiple_of(100) { write!(f, "{}%", self.0 / 100) } else { write!(f, "{}%", self.percent()) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the config came from, for messages.
+    pub source: String,
+    pub server: Server,
+    pub timeouts: Timeouts,
+    pub sticky: Sticky,
+    pub beta: Beta,
+    pub admin: Option<Admin>,
+    pub metrics: Option<Metrics>,
+    pub log: Log,
+    pub state: Option<State>,
+    pub retries: Retries,
+    pub routes: Vec<Route>,
+    pub pools: BTreeMap<String, Pool>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    pub drain_timeout: Duration,
+    /// Connections per worker beyond which new ones wait in the kernel backlog.
+    pub max_connections: usize,
+    pub tls: Option<ServerTls>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerTls {
+    pub listen: Vec<SocketAddr>,
+    /// The first pair is the default certificate when no SNI name matches.
+    pub certs: Vec<CertPair>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response: Duration,
+    pub client_idle: Duration,
+    pub client_header: Duration,
+    /// How long an idle pooled upstream connection is kept. Below the usual
+    /// application keep-alive (Node.js closes after 5 s) so that the proxy,
+    /// not the backend, closes idle connections.
+    pub upstream_idle: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewKey {
+    Random,
+    ClientIp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sticky {
+    pub cookie: String,
+    pub max_age: Duration,
+    pub header: Option<http::HeaderName>,
+    pub new_key: NewKey,
+}
+
+#[derive(Clone, PartialEq)]
+pub struct Beta {
+    pub cookie: String,
+    pub secret_file: Option<PathBuf>,
+    /// The secret read from `secret_file` (trailing newline removed).
+    pub secret: Option<Vec<u8>>,
+    pub enroll_path: Option<String>,
+    /// Lifetime of cookies set by the enroll path.
+    pub enroll_ttl: Duration,
+}
+
+impl fmt::Debug for Beta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Beta")
+            .field("cookie", &self.cookie)
+            .field("secret_file", &self.secret_file)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("enroll_path", &self.enroll_path)
+            .field("enroll_ttl", &self.enroll_ttl)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminListen::Unix(path) => write!(f, "unix:{}", path.display()),
+            AdminListen::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+#[derive(Clone, PartialEq)]
+pub struct Admin {
+    pub listen: AdminListen,
+    pub token_file: Option<PathBuf>,
+    /// The bearer token read from `token_file` (surrounding whitespace removed).
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token_file", &self.token_file)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metrics {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Json,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Log {
+    pub access: AccessLog,
+    /// None: standard output.
+    pub access_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retries {
+    /// Extra attempts for a safe request whose connection failed before any
+    /// response byte (0 disables retries).
+    pub attempts: u32,
+    /// Retries allowed as a fraction of recent requests.
+    pub budget_ratio: f64,
+    /// Retries always allowed per second, whatever the traffic.
+    pub budget_min_per_sec: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// `example.com` (stored lower-case).
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com` (lower-case).
+    Wildcard(String),
+    /// `*`
+    Any,
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(host) => f.write_str(host),
+            HostPattern::Wildcard(suffix) => write!(f, "*{suffix}"),
+            HostPattern::Any => f.write_str("*"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    pub host: HostPattern,
+    pub path_prefix: String,
+    pub stable: String,
+    pub canary: Option<String>,
+    pub weight: Weight,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastRequests,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    pub backends: Vec<String>,
+    pub balance: Balance,
+    pub health: Option<HealthCheck>,
+    pub eject: Eject,
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+}
+
+/// Passive failure detection: `after` consecutive connection failures eject a
+/// backend for `base`, doubling on each ejection in a row up to `max`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Eject {
+    pub after: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub sni: Option<String>,
+}
+
+/// A config error: which file, which line, which key, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        parse(&text, &path.display().to_string(), base)
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+
+    /// A short stable fingerprint of the config text's meaning, for
+    /// `cutover_config_info{hash}` and `ctl status`: replicas that print the
+    /// same hash route the same way.
+    pub fn fingerprint(&self) -> String {
+        let mut canon = format!("{:?}", self);
+        // The source path is where the file lives, not what it says.
+        canon = canon.replacen(&format!("source: {:?}", self.source), "", 1);
+        let digest = ring::digest::digest(&ring::digest::SHA256, canon.as_bytes());
+        digest.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
