@@ -191,10 +191,11 @@ impl Cx<'_> {
             }
         };
         if let Some(tls) = &tls
-            && let Some(addr) = tls.listen.iter().find(|a| listen.contains(a)) {
-                let span = raw.tls.as_ref().map(|t| t.span()).unwrap_or(0..0);
-                return Err(self.error(span, "server.tls.listen", format!("{addr} is also in server.listen")));
-            }
+            && let Some(addr) = tls.listen.iter().find(|a| listen.contains(a))
+        {
+            let span = raw.tls.as_ref().map(|t| t.span()).unwrap_or(0..0);
+            return Err(self.error(span, "server.tls.listen", format!("{addr} is also in server.listen")));
+        }
         Ok(Server {
             listen,
             workers,
@@ -441,9 +442,10 @@ impl Cx<'_> {
             healthy_after: self.count(&raw.healthy_after, &key("healthy_after"), 2, 1)?,
         };
         if let Some(t) = &raw.timeout
-            && check.timeout > check.interval {
-                return Err(self.error(t.span(), &key("timeout"), "must not be longer than the interval"));
-            }
+            && check.timeout > check.interval
+        {
+            return Err(self.error(t.span(), &key("timeout"), "must not be longer than the interval"));
+        }
         Ok(check)
     }
 

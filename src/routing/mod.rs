@@ -201,6 +201,7 @@ pub enum Outcome {
     /// Neither of the route's pools has a healthy backend.
     Unavailable {
         route: usize,
+        assigned: Version,
     },
 }
 
@@ -247,7 +248,7 @@ pub fn decide(rules: &Rules, head: &Head<'_>, fresh_id: impl FnOnce() -> u64) ->
     let (version, pool, reason) = match (up(assigned), up(assigned.other())) {
         (Some(pool), _) => (assigned, pool, reason),
         (None, Some(pool)) => (assigned.other(), pool, Reason::Fallback),
-        (None, None) => return Outcome::Unavailable { route: route_index },
+        (None, None) => return Outcome::Unavailable { route: route_index, assigned },
     };
     Outcome::Routed(Decision {
         route: route_index,

@@ -53,10 +53,12 @@ impl RouteTable {
                 return Some(found);
             }
             for (suffix, list) in &self.wildcard {
-                if host.len() > suffix.len() && host.ends_with(&**suffix)
-                    && let Some(found) = longest(list) {
-                        return Some(found);
-                    }
+                if host.len() > suffix.len()
+                    && host.ends_with(&**suffix)
+                    && let Some(found) = longest(list)
+                {
+                    return Some(found);
+                }
             }
         }
         longest(&self.any)

@@ -147,9 +147,12 @@ fn fallback_serves_the_other_pool_without_changing_the_assignment() {
 
 #[test]
 fn both_pools_down_is_unavailable() {
-    let mut rules = rules(50.0);
+    let mut rules = rules(0.0);
     rules.pool_up.iter_mut().for_each(|up| *up = false);
-    assert_eq!(decide_path(&rules, "/", &HeaderMap::new()), Outcome::Unavailable { route: 0 });
+    assert_eq!(
+        decide_path(&rules, "/", &HeaderMap::new()),
+        Outcome::Unavailable { route: 0, assigned: Version::Stable }
+    );
 }
 
 #[test]

@@ -1,0 +1,214 @@
+//! Header hygiene between client and backend.
+//!
+//! RFC 9110 §7.6.1: a proxy removes the hop-by-hop fields (`Connection` and
+//! every field it names, plus `Keep-Alive`, `Proxy-Connection`, `TE`,
+//! `Trailer`, `Transfer-Encoding`, `Upgrade`) before forwarding. An upgrade
+//! request keeps `Upgrade` and `Connection: upgrade`, which the tunnel needs.
+//! RFC 7239's predecessors `X-Forwarded-For/-Proto/-Host` and RFC 9110 §7.6.3
+//! `Via` tell the backend where the request came from.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_CUTOVER_VERSION: HeaderName = HeaderName::from_static("x-cutover-version");
+pub static X_CUTOVER_ROUTE: HeaderName = HeaderName::from_static("x-cutover-route");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether the request asks for a protocol upgrade (`Connection: upgrade` and
+/// an `Upgrade` field), e.g. WebSocket.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop fields. With `upgrade`, keeps `Upgrade` and sets
+/// `Connection: upgrade`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if let Some(first) = headers.get(header::CONNECTION) {
+        // Fields named in any Connection value are hop-by-hop too. Cloning a
+        // HeaderValue only bumps a reference count.
+        let values: Vec<HeaderValue> = match headers.get_all(header::CONNECTION).iter().nth(1) {
+            None => vec![first.clone()],
+            Some(_) => headers.get_all(header::CONNECTION).iter().cloned().collect(),
+        };
+        for value in &values {
+            let Ok(text) = value.to_str() else { continue };
+            for token in text.split(',').map(str::trim) {
+                if token.is_empty() || token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+                    continue;
+                }
+                if upgrade && token.eq_ignore_ascii_case("upgrade") {
+                    continue;
+                }
+                headers.remove(token);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRAILER, &header::TRANSFER_ENCODING] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if headers.contains_key(header::PROXY_AUTHORIZATION) {
+        headers.remove(header::PROXY_AUTHORIZATION);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else if headers.contains_key(header::UPGRADE) {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// What the proxy tells the backend about the request.
+pub struct Forwarded<'a> {
+    /// The client's address, formatted once per connection.
+    pub client_ip: &'a HeaderValue,
+    pub tls: bool,
+    /// The `Via` entry of this hop, e.g. `1.1 cutover`.
+    pub via: &'a HeaderValue,
+    pub version: &'static str,
+    pub route: &'a HeaderValue,
+}
+
+/// Adds the forwarding fields. `X-Forwarded-For` is appended to (one field,
+/// comma-separated); `-Proto`, `-Host`, `X-Cutover-*` are set by the proxy and
+/// replace whatever the client sent.
+pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarded<'_>) {
+    append_list(headers, &X_FORWARDED_FOR, f.client_ip);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if f.tls { "https" } else { "http" }));
+    match headers.get(header::HOST).cloned() {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    append_list(headers, &header::VIA, f.via);
+    headers.insert(X_CUTOVER_VERSION.clone(), HeaderValue::from_static(f.version));
+    headers.insert(X_CUTOVER_ROUTE.clone(), f.route.clone());
+}
+
+/// Appends `value` to a comma-separated list field, merging existing lines
+/// into one.
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    let mut existing = headers.get_all(name).iter();
+    let Some(first) = existing.next() else {
+        headers.insert(name.clone(), value.clone());
+        return;
+    };
+    let mut joined = Vec::with_capacity(first.len() + value.len() + 2);
+    joined.extend_from_slice(first.as_bytes());
+    for more in existing {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(more.as_bytes());
+    }
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(value.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+/// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 backend needs
+/// one, joined with "; " (RFC 9113 §8.2.3).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (fields.next(), fields.next()) else { return };
+    let mut joined = first.as_bytes().to_vec();
+    for more in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(more.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn removes_standard_hop_by_hop_and_every_field_named_in_any_connection_value() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("connection", "x-other"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic x"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn upgrade_keeps_upgrade_and_connection_upgrade() {
+        let mut h = map(&[("connection", "Upgrade, x-private"), ("upgrade", "websocket"), ("x-private", "1")]);
+        assert!(is_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert!(h.get("x-private").is_none());
+    }
+
+    #[test]
+    fn forwarding_appends_for_and_via_and_replaces_the_rest() {
+        let mut h = map(&[
+            ("host", "shop.example.com"),
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "https"),
+            ("via", "1.1 edge"),
+            ("x-cutover-version", "canary"),
+        ]);
+        let ip = HeaderValue::from_static("192.0.2.9");
+        let via = HeaderValue::from_static("1.1 cutover");
+        let route = HeaderValue::from_static("web");
+        add_forwarding(&mut h, &Forwarded { client_ip: &ip, tls: false, via: &via, version: "stable", route: &route });
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.1, 198.51.100.2, 192.0.2.9");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "shop.example.com");
+        assert_eq!(h.get("via").unwrap(), "1.1 edge, 1.1 cutover");
+        assert_eq!(h.get("x-cutover-version").unwrap(), "stable");
+        assert_eq!(h.get("x-cutover-route").unwrap(), "web");
+        assert_eq!(h.get("host").unwrap(), "shop.example.com");
+    }
+
+    #[test]
+    fn split_cookie_fields_are_joined() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h.get("cookie").unwrap(), "a=1; b=2; c=3");
+    }
+}

@@ -1,0 +1,339 @@
+//! Listeners and workers. Every worker thread runs a single-threaded tokio
+//! runtime, accepts on (a duplicate of) every listening socket, and serves
+//! each connection it accepts from start to end.
+
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Shared;
+use super::retry::RetryBudget;
+use super::service::{self, ConnInfo};
+use super::upstream::Connections;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+
+/// Spawns hyper's HTTP/2 stream tasks on the worker's own thread.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalExec;
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// Accepted-connection hook for TLS listeners: turns a TCP stream into the
+/// stream to serve, or fails the handshake.
+pub type TlsAccept =
+    Arc<dyn Fn(TcpStream) -> std::pin::Pin<Box<dyn Future<Output = io::Result<TlsConn>> + Send>> + Send + Sync>;
+
+/// A TLS connection after its handshake.
+pub type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// One listening socket and what it speaks.
+#[derive(Clone)]
+pub struct Listener {
+    pub socket: Arc<StdListener>,
+    pub addr: SocketAddr,
+    /// `cutover_open_connections{listener}`: "http" or "https".
+    pub name: &'static str,
+    pub tls: Option<TlsAccept>,
+}
+
+/// Binds a listening socket the way servers should: SO_REUSEADDR, a deep
+/// backlog, non-blocking, IPv6 sockets IPv6-only (list both families to serve both).
+pub fn bind(addr: SocketAddr) -> io::Result<StdListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// A worker thread's state. Lives on that thread only.
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub connections: Connections,
+    pub budget: RetryBudget,
+    http: auto::Builder<LocalExec>,
+    started: Instant,
+    tunnels: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Worker {
+    fn new(shared: Arc<Shared>, stop: CancellationToken) -> Worker {
+        let snap = shared.snapshot.load();
+        let timeouts = &snap.config.timeouts;
+        let mut http = auto::Builder::new(LocalExec);
+        http.http1()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(timeouts.client_header)
+            .max_buf_size(64 * 1024);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(250)
+            .max_header_list_size(64 * 1024)
+            .keep_alive_interval(Some(Duration::from_secs(20)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        drop(snap);
+        Worker {
+            shared,
+            connections: Connections::default(),
+            budget: RetryBudget::default(),
+            http,
+            started: Instant::now(),
+            tunnels: TaskTracker::new(),
+            stop,
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Whole seconds since the worker started (a monotonic clock for budgets).
+    pub fn second(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// Copies bytes both ways between an upgraded client connection and an
+    /// upgraded backend connection until either side closes. Tunnels are
+    /// tracked so that a drain waits for them.
+    pub fn spawn_tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+        let stop = self.stop.clone();
+        self.tunnels.spawn_local(async move {
+            let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else { return };
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                _ = stop.cancelled() => {
+                    // On drain, tunnels get the drain period to finish on their own.
+                    std::future::pending::<()>().await;
+                }
+            }
+        });
+    }
+}
+
+/// Running worker threads.
+pub struct Workers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Workers {
+    /// Starts `count` workers serving `listeners`.
+    pub fn start(count: usize, listeners: Vec<Listener>, shared: Arc<Shared>) -> io::Result<Workers> {
+        let stop = CancellationToken::new();
+        let mut threads = Vec::new();
+        for index in 0..count.max(1) {
+            let mut mine = Vec::new();
+            for l in &listeners {
+                mine.push((l.socket.try_clone()?, l.clone()));
+            }
+            let shared = shared.clone();
+            let stop = stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("cutover-worker-{index}"))
+                .spawn(move || run_worker(mine, shared, stop))?;
+            threads.push(thread);
+        }
+        Ok(Workers { threads, stop })
+    }
+
+    /// Stops accepting, lets open requests finish within `drain`, then returns.
+    pub fn drain(self, drain: Duration) {
+        self.stop.cancel();
+        let deadline = Instant::now() + drain + Duration::from_secs(1);
+        for t in self.threads {
+            // Workers exit by themselves at the drain deadline; the join cannot hang.
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+fn run_worker(listeners: Vec<(StdListener, Listener)>, shared: Arc<Shared>, stop: CancellationToken) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let worker = Rc::new(Worker::new(shared, stop.clone()));
+        let connections = TaskTracker::new();
+        let max = worker.snapshot().config.server.max_connections;
+        let permits = Arc::new(Semaphore::new(max));
+        for (socket, info) in listeners {
+            let listener = match TcpListener::from_std(socket) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, addr = %info.addr, "cannot use listener");
+                    continue;
+                }
+            };
+            tokio::task::spawn_local(accept_loop(listener, info, worker.clone(), connections.clone(), permits.clone()));
+        }
+        tokio::task::spawn_local(sweep_idle(worker.clone()));
+        stop.cancelled().await;
+        connections.close();
+        worker.tunnels.close();
+        let drain = worker.snapshot().config.server.drain_timeout;
+        let _ = tokio::time::timeout(drain, async {
+            connections.wait().await;
+            worker.tunnels.wait().await;
+        })
+        .await;
+    });
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    info: Listener,
+    worker: Rc<Worker>,
+    connections: TaskTracker,
+    permits: Arc<Semaphore>,
+) {
+    let open = worker.metrics().open_connections.with_label_values(&[info.name]);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = worker.stop.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = worker.stop.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, addr = %info.addr, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let worker = worker.clone();
+        let open = open.clone();
+        let tls = info.tls.clone();
+        connections.spawn_local(async move {
+            open.inc();
+            match tls {
+                None => serve(stream, peer, false, &worker).await,
+                Some(accept) => {
+                    let timeout = worker.snapshot().config.timeouts.client_header;
+                    match tokio::time::timeout(timeout, accept(stream)).await {
+                        Ok(Ok(tls_stream)) => serve(tls_stream, peer, true, &worker).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+            open.dec();
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one client connection (HTTP/1.1, or HTTP/2 by ALPN or prior
+/// knowledge) until it closes or the worker drains.
+async fn serve<I>(io: I, peer: SocketAddr, tls: bool, worker: &Rc<Worker>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Rc::new(ConnInfo::new(peer, tls));
+    let svc = {
+        let worker = worker.clone();
+        let info = info.clone();
+        service_fn(move |req| service::handle(worker.clone(), info.clone(), req))
+    };
+    let conn = worker.http.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let idle = Idle { info: info.clone(), limit: worker.snapshot().config.timeouts.client_idle };
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, %peer, "client connection ended with an error");
+            }
+            return;
+        }
+        _ = worker.stop.cancelled() => {}
+        _ = idle.expired() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// Closes keep-alive connections that stay without a request for `client_idle`.
+struct Idle {
+    info: Rc<ConnInfo>,
+    limit: Duration,
+}
+
+impl Idle {
+    async fn expired(&self) {
+        let mut idle_since: Option<Instant> = None;
+        let tick = (self.limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            tokio::time::sleep(tick).await;
+            if self.info.in_flight.get() > 0 {
+                idle_since = None;
+                continue;
+            }
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() + tick >= self.limit {
+                return;
+            }
+        }
+    }
+}
+
+/// Drops idle upstream connections past `upstream_idle` once a second.
+async fn sweep_idle(worker: Rc<Worker>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let snap = worker.snapshot();
+        let live = |id: u64| snap.pools.iter().any(|p| p.backends.iter().any(|b| b.id == id));
+        worker.connections.sweep(snap.config.timeouts.upstream_idle, live);
+        if worker.stop.is_cancelled() {
+            return;
+        }
+    }
+}

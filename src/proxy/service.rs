@@ -1,0 +1,689 @@
+//! One request's life, in phases:
+//! 1. **head**: read the snapshot, check the request, answer the beta enroll path;
+//! 2. **decide**: the pure routing decision (route, version, pool, cookie);
+//! 3. **upstream head**: hop-by-hop removal, forwarding fields, origin-form URI;
+//! 4. **send**: pick a backend, reuse or open a connection, send, retry once
+//!    when that is safe and the budget allows;
+//! 5. **respond**: response hygiene, assignment cookie, a body that records
+//!    metrics and the access log line when it ends.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use super::body::{RequestBody, ResponseBody};
+use super::headers::{self, Forwarded};
+use super::upstream::{self, Sender, UpstreamError};
+use super::{DataSignal, listener::Worker};
+use crate::access_log::Record;
+use crate::metrics::{UpstreamErrorKind, VersionMetrics};
+use crate::routing::beta::BetaChoice;
+use crate::routing::{self, Decision, Head, Outcome, Reason, Version};
+use crate::snapshot::{Backend, Snapshot};
+
+/// What the service knows about the client connection.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub client_ip: IpAddr,
+    /// `client_ip` formatted for X-Forwarded-For, once per connection.
+    pub client_ip_header: HeaderValue,
+    pub tls: bool,
+    /// Requests of this connection still being answered.
+    pub in_flight: Cell<u32>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        let ip = match peer.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        ConnInfo {
+            peer,
+            client_ip: ip,
+            client_ip_header: HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
+            tls,
+            in_flight: Cell::new(0),
+        }
+    }
+}
+
+static VIA_11: HeaderValue = HeaderValue::from_static("1.1 cutover");
+static VIA_2: HeaderValue = HeaderValue::from_static("2.0 cutover");
+static VIA_10: HeaderValue = HeaderValue::from_static("1.0 cutover");
+
+/// The hyper service function.
+pub async fn handle(
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let start = Instant::now();
+    conn.in_flight.set(conn.in_flight.get() + 1);
+    let snap = worker.snapshot();
+    let response = serve(&worker, &conn, &snap, req, start).await;
+    Ok(response)
+}
+
+async fn serve(
+    worker: &Rc<Worker>,
+    conn: &Rc<ConnInfo>,
+    snap: &Arc<Snapshot>,
+    req: Request<Incoming>,
+    start: Instant,
+) -> Response<ResponseBody> {
+    // Phase 1: the head.
+    let host = request_host(&req);
+    if req.version() == HttpVersion::HTTP_11 && host.is_none() {
+        return local(worker, conn, &req, start, StatusCode::BAD_REQUEST, "400 Bad Request: missing Host header\n");
+    }
+    if req.method() == Method::CONNECT {
+        return local(worker, conn, &req, start, StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed: CONNECT\n");
+    }
+    if let Some(enroll) = &snap.config.beta.enroll_path
+        && req.uri().path() == enroll
+    {
+        return enroll_response(worker, conn, snap, &req, start);
+    }
+
+    // Phase 2: the decision.
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let head =
+        Head { host: host.as_deref(), path: req.uri().path(), headers: req.headers(), client_ip: conn.client_ip, now };
+    let decision = match routing::decide(&snap.rules, &head, rand::random::<u64>) {
+        Outcome::Routed(d) => d,
+        Outcome::NoRoute => {
+            return local(
+                worker,
+                conn,
+                &req,
+                start,
+                StatusCode::NOT_FOUND,
+                "404 Not Found: no route for this host and path\n",
+            );
+        }
+        Outcome::Unavailable { route, assigned } => {
+            let metrics = snap.routes[route].metrics.version(assigned).clone();
+            let mut ctx = Context::new(worker, conn, snap, &req, start, metrics, None);
+            ctx.route = Some(route);
+            ctx.version = Some(assigned);
+            return ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: no healthy backend\n");
+        }
+    };
+    forward(worker, conn, snap, decision, req, start).await
+}
+
+/// The host a request is for: the URI authority (HTTP/2, absolute-form) or
+/// the Host field.
+fn request_host(req: &Request<Incoming>) -> Option<std::borrow::Cow<'_, str>> {
+    if let Some(authority) = req.uri().authority() {
+        return Some(authority.as_str().into());
+    }
+    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()).map(Into::into)
+}
+
+/// Per-request bookkeeping shared by every way a request can end.
+struct Context<'a> {
+    worker: &'a Rc<Worker>,
+    conn: &'a Rc<ConnInfo>,
+    snap: &'a Arc<Snapshot>,
+    start: Instant,
+    metrics: Arc<VersionMetrics>,
+    route: Option<usize>,
+    version: Option<Version>,
+    reason: Option<Reason>,
+    method: Method,
+    /// Only kept when the access log is on.
+    path: Option<String>,
+    new_key: Option<routing::MintedKey>,
+}
+
+impl<'a> Context<'a> {
+    fn new(
+        worker: &'a Rc<Worker>,
+        conn: &'a Rc<ConnInfo>,
+        snap: &'a Arc<Snapshot>,
+        req: &Request<Incoming>,
+        start: Instant,
+        metrics: Arc<VersionMetrics>,
+        new_key: Option<routing::MintedKey>,
+    ) -> Self {
+        Context {
+            worker,
+            conn,
+            snap,
+            start,
+            metrics,
+            route: None,
+            version: None,
+            reason: None,
+            method: req.method().clone(),
+            path: worker.shared.access_log.as_ref().map(|_| req.uri().path().to_string()),
+            new_key,
+        }
+    }
+
+    fn record(&self, status: u16, backend: Option<Arc<str>>, bytes_in: u64, bytes_out: u64) -> Option<Record> {
+        self.path.as_ref().map(|path| Record {
+            time: SystemTime::now(),
+            client: self.conn.client_ip,
+            method: self.method.clone(),
+            path: path.clone(),
+            status,
+            route: self.route.map(|r| self.snap.rules.routes[r].name.clone()),
+            version: self.version,
+            reason: self.reason,
+            backend,
+            duration: self.start.elapsed(),
+            bytes_in,
+            bytes_out,
+        })
+    }
+
+    /// A response written by the proxy after a routing decision.
+    fn error(&self, status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+        self.metrics.response(status.as_u16(), self.start.elapsed().as_secs_f64());
+        if let (Some(log), Some(record)) = (&self.worker.shared.access_log, self.record(status.as_u16(), None, 0, 0)) {
+            log.log(record);
+        }
+        self.conn.in_flight.set(self.conn.in_flight.get().saturating_sub(1));
+        let mut resp = text_response(status, text);
+        if let Some(key) = self.new_key {
+            append_cookie(&mut resp, self.snap, key, self.conn.tls);
+        }
+        resp
+    }
+}
+
+fn text_response(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::text(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// A response written by the proxy before any route was chosen.
+fn local(
+    worker: &Rc<Worker>,
+    conn: &Rc<ConnInfo>,
+    req: &Request<Incoming>,
+    start: Instant,
+    status: StatusCode,
+    text: &'static str,
+) -> Response<ResponseBody> {
+    worker.metrics().unrouted.with_label_values(&[status.as_str()]).inc();
+    log_unrouted(worker, conn, req, start, status);
+    conn.in_flight.set(conn.in_flight.get().saturating_sub(1));
+    text_response(status, text)
+}
+
+fn log_unrouted(worker: &Rc<Worker>, conn: &Rc<ConnInfo>, req: &Request<Incoming>, start: Instant, status: StatusCode) {
+    if let Some(log) = &worker.shared.access_log {
+        log.log(Record {
+            time: SystemTime::now(),
+            client: conn.client_ip,
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            status: status.as_u16(),
+            route: None,
+            version: None,
+            reason: None,
+            backend: None,
+            duration: start.elapsed(),
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+    }
+}
+
+fn append_cookie(resp: &mut Response<ResponseBody>, snap: &Snapshot, key: routing::MintedKey, tls: bool) {
+    let mut value = String::with_capacity(96);
+    value.push_str(&snap.rules.sticky.cookie);
+    value.push('=');
+    value.push_str(key.as_str());
+    value.push_str(&snap.rules.sticky.attributes);
+    if tls {
+        value.push_str("; Secure");
+    }
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// `GET <enroll_path>?join` sets the beta cookie, `?leave` clears it; both
+/// redirect (303) to `return=<path>` on this site, or to `/`.
+fn enroll_response(
+    worker: &Rc<Worker>,
+    conn: &Rc<ConnInfo>,
+    snap: &Snapshot,
+    req: &Request<Incoming>,
+    start: Instant,
+) -> Response<ResponseBody> {
+    let query = req.uri().query().unwrap_or("");
+    let mut join = None;
+    let mut back = "/".to_string();
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "join" => join = Some(true),
+            "leave" => join = Some(false),
+            "return" => {
+                let decoded = percent_decode(value);
+                if decoded.starts_with('/') && !decoded.starts_with("//") && !decoded.contains(['\\', '\r', '\n']) {
+                    back = decoded;
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(join) = join else {
+        return local(worker, conn, req, start, StatusCode::BAD_REQUEST, "400 Bad Request: use ?join or ?leave\n");
+    };
+    let beta = &snap.config.beta;
+    let secure = if conn.tls { "; Secure" } else { "" };
+    let cookie = if join {
+        let ttl = beta.enroll_ttl.as_secs();
+        let expires = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + ttl;
+        let value = snap.rules.beta.value(BetaChoice::Always, expires);
+        format!("{}={value}; Path=/; Max-Age={ttl}; HttpOnly; SameSite=Lax{secure}", beta.cookie)
+    } else {
+        format!("{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{secure}", beta.cookie)
+    };
+    worker.metrics().unrouted.with_label_values(&["303"]).inc();
+    log_unrouted(worker, conn, req, start, StatusCode::SEE_OTHER);
+    conn.in_flight.set(conn.in_flight.get().saturating_sub(1));
+    let mut resp =
+        Response::new(ResponseBody::text(if join { "You joined the beta.\n" } else { "You left the beta.\n" }));
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        headers.insert(header::SET_COOKIE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&back) {
+        headers.insert(header::LOCATION, v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
+        match bytes[i] {
+            b'%' => match (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Requests that may be sent twice: safe or idempotent methods (RFC 9110
+/// §9.2.2) without a body.
+fn retry_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+/// The parts of an upstream request kept to send it again after a failure.
+struct Resend {
+    method: Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+}
+
+impl Resend {
+    fn request(&self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::Empty);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Decrements a backend's in-flight count when the request is over.
+pub struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    fn new(backend: &Arc<Backend>) -> Self {
+        backend.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(backend.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn forward(
+    worker: &Rc<Worker>,
+    conn: &Rc<ConnInfo>,
+    snap: &Arc<Snapshot>,
+    d: Decision,
+    mut req: Request<Incoming>,
+    start: Instant,
+) -> Response<ResponseBody> {
+    let route = &snap.routes[d.route];
+    let metrics = route.metrics.version(d.version).clone();
+    metrics.assigned(d.reason);
+    if d.beta_rejected {
+        worker.metrics().beta_rejected.inc();
+    }
+    let mut ctx = Context::new(worker, conn, snap, &req, start, metrics, d.new_key);
+    ctx.route = Some(d.route);
+    ctx.version = Some(d.version);
+    ctx.reason = Some(d.reason);
+
+    // Phase 3: the upstream head.
+    let upgrade = headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let client_version = parts.version;
+    if client_version == HttpVersion::HTTP_2 {
+        headers::join_cookies(&mut parts.headers);
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, authority);
+        }
+    }
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    parts.headers.remove(header::EXPECT);
+    headers::add_forwarding(
+        &mut parts.headers,
+        &Forwarded {
+            client_ip: &conn.client_ip_header,
+            tls: conn.tls,
+            via: match client_version {
+                HttpVersion::HTTP_2 => &VIA_2,
+                HttpVersion::HTTP_10 => &VIA_10,
+                _ => &VIA_11,
+            },
+            version: d.version.as_str(),
+            route: &route.header,
+        },
+    );
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let origin = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        parts.uri = origin.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    parts.version = HttpVersion::HTTP_11;
+    let bytes_in = Rc::new(Cell::new(0u64));
+    let body = if body.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        RequestBody::Client { inner: body, bytes: bytes_in.clone() }
+    };
+    let limits = &snap.config.retries;
+    let resend = (limits.attempts > 0 && matches!(body, RequestBody::Empty) && !upgrade && retry_safe(&parts.method))
+        .then(|| Resend { method: parts.method.clone(), uri: parts.uri.clone(), headers: parts.headers.clone() });
+    let mut request = Request::from_parts(parts, body);
+
+    // Phase 4: send, retrying once when safe.
+    let pool = &snap.pools[d.pool];
+    let second = worker.second();
+    worker.budget.deposit(second, limits);
+    let mut fresh = false;
+    let mut retried = false;
+    let mut backend = match pool.pick(None, |n| rand::random_range(0..n)) {
+        Some(b) => b.clone(),
+        None => return ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: no healthy backend\n"),
+    };
+    loop {
+        let inflight = InFlight::new(&backend);
+        match send(worker, &backend, request, snap, fresh).await {
+            Ok((resp, sender)) => {
+                if backend.failures.load(Ordering::Relaxed) != 0 {
+                    backend.failures.store(0, Ordering::Relaxed);
+                }
+                return respond(ctx, resp, sender, inflight, client_upgrade, bytes_in);
+            }
+            Err(failure) => {
+                let error = failure.error;
+                ctx.metrics.upstream_error(error.kind);
+                let stale = failure.reused && !error.connect && error.kind == UpstreamErrorKind::Reset;
+                if !stale {
+                    note_failure(worker, &backend, &error);
+                }
+                tracing::debug!(backend = %backend.authority, kind = error.kind.as_str(), detail = %error.detail, "upstream attempt failed");
+                let again = failure.request.or_else(|| {
+                    (error.kind != UpstreamErrorKind::Timeout).then(|| resend.as_ref().map(Resend::request)).flatten()
+                });
+                let next = if stale || failure.unsent_reused {
+                    Some(backend.clone())
+                } else {
+                    pool.pick(Some(backend.id), |n| rand::random_range(0..n)).cloned()
+                };
+                if let (false, Some(again), Some(next)) = (retried, again, next) {
+                    // A stale pooled connection is not the backend's fault and is
+                    // always retried on a fresh connection; other retries spend budget.
+                    let allowed = stale || failure.unsent_reused || worker.budget.withdraw(second, limits);
+                    if allowed {
+                        worker.metrics().retries.with_label_values(&["attempted"]).inc();
+                        if stale || failure.unsent_reused {
+                            worker.connections.forget(backend.id);
+                            fresh = true;
+                        }
+                        retried = true;
+                        request = again;
+                        backend = next;
+                        drop(inflight);
+                        continue;
+                    }
+                    worker.metrics().retries.with_label_values(&["budget_exhausted"]).inc();
+                }
+                drop(inflight);
+                return match error.kind {
+                    UpstreamErrorKind::Timeout => ctx.error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "504 Gateway Timeout: the backend did not answer in time\n",
+                    ),
+                    UpstreamErrorKind::Connect => {
+                        ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: cannot connect to the backend\n")
+                    }
+                    UpstreamErrorKind::Reset => {
+                        ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: the backend closed the connection\n")
+                    }
+                    UpstreamErrorKind::Protocol => {
+                        ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: invalid response from the backend\n")
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// Counts a connection failure or reset against the backend; reaching the
+/// pool's `eject.after` asks the control plane to eject it.
+fn note_failure(worker: &Worker, backend: &Arc<Backend>, error: &UpstreamError) {
+    if !matches!(error.kind, UpstreamErrorKind::Connect | UpstreamErrorKind::Reset) && !error.connect {
+        return;
+    }
+    let failures = backend.failures.fetch_add(1, Ordering::Relaxed) + 1;
+    let snap = worker.snapshot();
+    let after = snap.pools.iter().find(|p| *p.name == *backend.pool).map_or(u32::MAX, |p| p.eject.after);
+    if failures == after {
+        let _ = worker.shared.signals.send(DataSignal::BackendFailing(backend.clone()));
+    }
+}
+
+struct SendFailure {
+    error: UpstreamError,
+    /// The request, when it was never written (safe to send anywhere).
+    request: Option<Request<RequestBody>>,
+    /// The attempt used a pooled connection.
+    reused: bool,
+    /// The request came back unsent from a pooled connection that closed.
+    unsent_reused: bool,
+}
+
+/// Sends on a pooled connection (unless `fresh`) or a new one, and waits for
+/// the response head within `timeouts.response`.
+async fn send(
+    worker: &Worker,
+    backend: &Arc<Backend>,
+    request: Request<RequestBody>,
+    snap: &Snapshot,
+    fresh: bool,
+) -> Result<(Response<Incoming>, Sender), SendFailure> {
+    let timeouts = &snap.config.timeouts;
+    let mut pooled = None;
+    if !fresh {
+        while let Some(mut sender) = worker.connections.take(backend.id, timeouts.upstream_idle) {
+            if upstream::ready(&mut sender, timeouts.connect).await {
+                pooled = Some(sender);
+                break;
+            }
+        }
+    }
+    let reused = pooled.is_some();
+    let mut sender = match pooled {
+        Some(s) => s,
+        None => match upstream::connect(backend, timeouts.connect).await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(SendFailure { error, request: Some(request), reused: false, unsent_reused: false });
+            }
+        },
+    };
+    match tokio::time::timeout(timeouts.response, sender.try_send_request(request)).await {
+        Ok(Ok(resp)) => Ok((resp, sender)),
+        Ok(Err(mut e)) => {
+            let request = e.take_message();
+            let unsent_reused = reused && request.is_some();
+            Err(SendFailure { error: UpstreamError::from_hyper(e.error()), request, reused, unsent_reused })
+        }
+        Err(_) => Err(SendFailure {
+            error: UpstreamError {
+                kind: UpstreamErrorKind::Timeout,
+                connect: false,
+                detail: format!("no response head within {:?}", timeouts.response),
+            },
+            request: None,
+            reused,
+            unsent_reused: false,
+        }),
+    }
+}
+
+/// Phase 5: the response to the client.
+fn respond(
+    ctx: Context<'_>,
+    mut resp: Response<Incoming>,
+    sender: Sender,
+    inflight: InFlight,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    bytes_in: Rc<Cell<u64>>,
+) -> Response<ResponseBody> {
+    let status = resp.status();
+    let tunnel = match client_upgrade {
+        Some(client) if status == StatusCode::SWITCHING_PROTOCOLS => Some((client, hyper::upgrade::on(&mut resp))),
+        _ => None,
+    };
+    let (mut parts, body) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, tunnel.is_some());
+    let worker = ctx.worker.clone();
+    let backend = inflight.0.authority.clone();
+    let finish = Finish {
+        worker: worker.clone(),
+        conn: ctx.conn.clone(),
+        pooled: tunnel.is_none().then(|| (inflight.0.id, sender)),
+        inflight,
+        metrics: ctx.metrics.clone(),
+        status: status.as_u16(),
+        start: ctx.start,
+        log: ctx.record(status.as_u16(), Some(backend), 0, 0).map(Box::new),
+        bytes_in,
+    };
+    let body = if let Some((client, upstream)) = tunnel {
+        // The tunnel is counted as one request, finished when it opens.
+        worker.spawn_tunnel(client, upstream);
+        finish.done(true, 0);
+        ResponseBody::empty()
+    } else if body.is_end_stream() {
+        finish.done(true, 0);
+        ResponseBody::empty()
+    } else {
+        ResponseBody::Upstream { inner: body, bytes: 0, finish: Some(finish) }
+    };
+    let mut out = Response::from_parts(parts, body);
+    if let Some(key) = ctx.new_key {
+        append_cookie(&mut out, ctx.snap, key, ctx.conn.tls);
+    }
+    out
+}
+
+/// Runs once when a proxied response ends: metrics, access log, and the
+/// connection back to the pool after a complete body.
+pub struct Finish {
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    pooled: Option<(u64, Sender)>,
+    inflight: InFlight,
+    metrics: Arc<VersionMetrics>,
+    status: u16,
+    start: Instant,
+    log: Option<Box<Record>>,
+    bytes_in: Rc<Cell<u64>>,
+}
+
+impl Finish {
+    pub fn done(mut self, complete: bool, bytes_out: u64) {
+        if complete && let Some((id, sender)) = self.pooled.take() {
+            self.worker.connections.put(id, sender);
+        }
+        let elapsed = self.start.elapsed();
+        self.metrics.response(self.status, elapsed.as_secs_f64());
+        if let (Some(log), Some(mut record)) = (&self.worker.shared.access_log, self.log.take()) {
+            record.duration = elapsed;
+            record.bytes_in = self.bytes_in.get();
+            record.bytes_out = bytes_out;
+            log.log(*record);
+        }
+        self.conn.in_flight.set(self.conn.in_flight.get().saturating_sub(1));
+        let _ = &self.inflight;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_of_return_paths() {
+        assert_eq!(percent_decode("%2Fshop%2Fcart"), "/shop/cart");
+        assert_eq!(percent_decode("/a+b"), "/a b");
+        assert_eq!(percent_decode("/bad%zz"), "/bad%zz");
+        assert_eq!(percent_decode("/end%2"), "/end%2");
+    }
+
+    #[test]
+    fn retry_safe_methods() {
+        assert!(retry_safe(&Method::GET));
+        assert!(retry_safe(&Method::PUT));
+        assert!(!retry_safe(&Method::POST));
+        assert!(!retry_safe(&Method::PATCH));
+    }
+}

@@ -1,0 +1,233 @@
+//! Connections to backends: HTTP/1.1 with keep-alive, pooled per worker
+//! thread so that checkout and return never take a lock or cross threads.
+//!
+//! A connection goes back to the pool only after a complete response body;
+//! one that the backend closed (keep-alive timeout) is seen as closed and
+//! dropped at checkout, and idle ones are dropped after `timeouts.upstream_idle`,
+//! which is set below typical application keep-alive so that the proxy, not
+//! the backend, closes them.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::body::RequestBody;
+use crate::metrics::UpstreamErrorKind;
+use crate::snapshot::Backend;
+
+/// Idle connections kept per backend and worker; more are closed.
+const MAX_IDLE_PER_BACKEND: usize = 256;
+
+pub type Sender = SendRequest<RequestBody>;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// One worker's idle upstream connections, by backend id.
+#[derive(Default)]
+pub struct Connections {
+    idle: RefCell<HashMap<u64, Vec<Idle>>>,
+}
+
+impl Connections {
+    /// The most recently used idle connection to `backend` that is still open.
+    pub fn take(&self, backend: u64, max_idle: Duration) -> Option<Sender> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&backend)?;
+        while let Some(conn) = list.pop() {
+            if !conn.sender.is_closed() && conn.since.elapsed() < max_idle {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    pub fn put(&self, backend: u64, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(backend).or_default();
+        if list.len() < MAX_IDLE_PER_BACKEND {
+            list.push(Idle { sender, since: Instant::now() });
+        }
+    }
+
+    /// Drops every idle connection to `backend` (they failed or it is gone).
+    pub fn forget(&self, backend: u64) {
+        self.idle.borrow_mut().remove(&backend);
+    }
+
+    /// Drops connections idle for longer than `max_idle` or closed by the
+    /// backend, and those of backends not in `live`.
+    pub fn sweep(&self, max_idle: Duration, live: impl Fn(u64) -> bool) {
+        let mut idle = self.idle.borrow_mut();
+        idle.retain(|id, list| {
+            list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < max_idle);
+            live(*id) && !list.is_empty()
+        });
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+}
+
+/// Why an upstream attempt failed, and whether it may be tried again.
+#[derive(Debug)]
+pub struct UpstreamError {
+    pub kind: UpstreamErrorKind,
+    /// The failure happened while connecting: nothing reached the backend.
+    pub connect: bool,
+    pub detail: String,
+}
+
+impl UpstreamError {
+    fn connect(kind: UpstreamErrorKind, detail: String) -> Self {
+        UpstreamError { kind, connect: true, detail }
+    }
+
+    /// Classifies an error from sending a request or reading its response head.
+    pub fn from_hyper(e: &hyper::Error) -> Self {
+        let kind = if e.is_timeout() {
+            UpstreamErrorKind::Timeout
+        } else if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() || e.is_user() {
+            UpstreamErrorKind::Protocol
+        } else {
+            // Closed before a complete response, reset, broken pipe.
+            UpstreamErrorKind::Reset
+        };
+        UpstreamError { kind, connect: false, detail: error_chain(e) }
+    }
+}
+
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Opens the transport to `backend`: TCP, then TLS when the pool says so.
+pub async fn open(backend: &Backend) -> Result<UpstreamIo, UpstreamError> {
+    let tcp = match backend.addr {
+        Some(addr) => TcpStream::connect(addr).await,
+        None => TcpStream::connect(&*backend.authority).await,
+    }
+    .map_err(|e| UpstreamError::connect(UpstreamErrorKind::Connect, format!("connect {}: {e}", backend.authority)))?;
+    let _ = tcp.set_nodelay(true);
+    match &backend.tls {
+        None => Ok(UpstreamIo::Plain(tcp)),
+        Some(tls) => {
+            let host = backend.authority.rsplit_once(':').map_or(&*backend.authority, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let stream = tls.connect(host, tcp).await.map_err(|e| {
+                UpstreamError::connect(UpstreamErrorKind::Connect, format!("TLS with {}: {e}", backend.authority))
+            })?;
+            Ok(UpstreamIo::Tls(Box::new(stream)))
+        }
+    }
+}
+
+/// Opens a new HTTP/1.1 connection to `backend` within `timeout`. The
+/// connection task runs on the current worker thread.
+pub async fn connect(backend: &Backend, timeout: Duration) -> Result<Sender, UpstreamError> {
+    let attempt = async {
+        let io = open(backend).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| UpstreamError::connect(UpstreamErrorKind::Connect, error_chain(&e)))?;
+        tokio::task::spawn_local(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(UpstreamError::connect(
+            UpstreamErrorKind::Timeout,
+            format!("connect {} timed out after {timeout:?}", backend.authority),
+        )),
+    }
+}
+
+/// Waits until a pooled connection can take a request (it may still be
+/// finishing the previous response's bookkeeping).
+pub async fn ready(sender: &mut Sender, timeout: Duration) -> bool {
+    if sender.is_ready() {
+        return true;
+    }
+    matches!(tokio::time::timeout(timeout, sender.ready()).await, Ok(Ok(())))
+}
+
+/// Plain TCP or TLS to a backend.
+pub enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

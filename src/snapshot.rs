@@ -1,0 +1,289 @@
+//! The snapshot: everything the data plane reads for one request, immutable
+//! and fully resolved. The control plane builds a new one on every change and
+//! swaps it in (arc-swap); requests in flight keep the one they started with.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use crate::config::{Balance, Config, Eject, Weight};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::proxy::tls::UpstreamTls;
+use crate::routing::Rules;
+
+/// One backend server. Its identity (pool, address) outlives snapshots: a
+/// reload that keeps the backend keeps this value, with its counters and its
+/// pooled connections.
+#[derive(Debug)]
+pub struct Backend {
+    /// Unique in the process; keys the per-worker connection pools.
+    pub id: u64,
+    pub pool: Arc<str>,
+    /// `host:port` as configured.
+    pub authority: Arc<str>,
+    /// The address when the authority is an IP literal (no DNS lookup needed).
+    pub addr: Option<SocketAddr>,
+    /// Requests in flight, for `least_requests`.
+    pub inflight: AtomicU32,
+    /// Consecutive connection failures, for passive ejection.
+    pub failures: AtomicU32,
+    pub tls: Option<Arc<UpstreamTls>>,
+}
+
+static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Backend {
+    pub fn new(pool: &str, authority: &str, tls: Option<Arc<UpstreamTls>>) -> Backend {
+        Backend {
+            id: NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed),
+            pool: pool.into(),
+            authority: authority.into(),
+            addr: authority.parse().ok(),
+            inflight: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            tls,
+        }
+    }
+}
+
+/// A pool as one snapshot sees it.
+#[derive(Debug)]
+pub struct Pool {
+    pub name: Arc<str>,
+    pub backends: Vec<Arc<Backend>>,
+    /// Indices into `backends` of those that take traffic.
+    pub healthy: Vec<usize>,
+    pub balance: Balance,
+    pub eject: Eject,
+    /// Round-robin position, shared by the snapshots of this pool.
+    pub cursor: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    /// Picks a healthy backend, skipping `exclude` (a backend that just
+    /// failed) when another one is available.
+    pub fn pick(&self, exclude: Option<u64>, random: impl FnMut(usize) -> usize) -> Option<&Arc<Backend>> {
+        let candidates = self.healthy.iter().map(|&i| &self.backends[i]).filter(|b| Some(b.id) != exclude);
+        let n = candidates.clone().count();
+        if n == 0 {
+            return None;
+        }
+        match self.balance {
+            Balance::RoundRobin => candidates.clone().nth(self.cursor.fetch_add(1, Ordering::Relaxed) % n),
+            Balance::LeastRequests => power_of_two_choices(candidates, n, random),
+        }
+    }
+}
+
+/// Least requests by the power of two choices: two distinct random backends,
+/// the one with fewer requests in flight wins.
+fn power_of_two_choices<'a>(
+    candidates: impl Iterator<Item = &'a Arc<Backend>> + Clone,
+    n: usize,
+    mut random: impl FnMut(usize) -> usize,
+) -> Option<&'a Arc<Backend>> {
+    if n == 1 {
+        return candidates.clone().next();
+    }
+    let a = random(n);
+    let b = (a + 1 + random(n - 1)) % n;
+    let first = candidates.clone().nth(a)?;
+    let second = candidates.clone().nth(b)?;
+    let load = |x: &Backend| x.inflight.load(Ordering::Relaxed);
+    Some(if load(second) < load(first) { second } else { first })
+}
+
+/// Per-route data the data plane needs beside the routing rules.
+pub struct RouteData {
+    pub metrics: RouteMetrics,
+    /// The route name as the `X-Cutover-Route` value.
+    pub header: http::HeaderValue,
+}
+
+pub struct Snapshot {
+    /// Increases with every swap.
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub rules: Rules,
+    /// Indexed like `rules.pool_up`.
+    pub pools: Vec<Pool>,
+    /// Indexed like `rules.routes`.
+    pub routes: Vec<RouteData>,
+    /// `Via` value appended by this proxy.
+    pub via: &'static str,
+}
+
+/// The live part of a route: what the admin API and rollouts change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Live {
+    pub weight: Weight,
+    pub halted: bool,
+}
+
+/// Backends by (pool, authority), kept across reloads by the control plane.
+#[derive(Default)]
+pub struct BackendSet {
+    by_key: BTreeMap<(String, String), Arc<Backend>>,
+    cursors: HashMap<String, Arc<AtomicUsize>>,
+}
+
+impl BackendSet {
+    /// Brings the set in line with `config`, reusing backends that stay.
+    /// Returns the ones removed (their series and health checks must go).
+    pub fn sync(&mut self, config: &Config, tls: &HashMap<String, Arc<UpstreamTls>>) -> Vec<Arc<Backend>> {
+        let mut wanted = HashSet::new();
+        for (pool_name, pool) in &config.pools {
+            let pool_tls = tls.get(pool_name).cloned();
+            for authority in &pool.backends {
+                let key = (pool_name.clone(), authority.clone());
+                wanted.insert(key.clone());
+                let stale = self.by_key.get(&key).is_some_and(|b| !same_tls(&b.tls, &pool_tls));
+                if stale || !self.by_key.contains_key(&key) {
+                    self.by_key.insert(key, Arc::new(Backend::new(pool_name, authority, pool_tls.clone())));
+                }
+            }
+        }
+        self.cursors.retain(|name, _| config.pools.contains_key(name));
+        let removed: Vec<(String, String)> = self.by_key.keys().filter(|k| !wanted.contains(*k)).cloned().collect();
+        removed.into_iter().filter_map(|k| self.by_key.remove(&k)).collect()
+    }
+
+    pub fn get(&self, pool: &str, authority: &str) -> Option<&Arc<Backend>> {
+        self.by_key.get(&(pool.to_string(), authority.to_string()))
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.by_key.values()
+    }
+
+    fn cursor(&mut self, pool: &str) -> Arc<AtomicUsize> {
+        self.cursors.entry(pool.to_string()).or_default().clone()
+    }
+}
+
+fn same_tls(a: &Option<Arc<UpstreamTls>>, b: &Option<Arc<UpstreamTls>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+/// What a snapshot build reads from the control plane.
+pub struct Inputs<'a> {
+    pub generation: u64,
+    pub config: &'a Arc<Config>,
+    pub live: &'a dyn Fn(&str) -> Live,
+    pub healthy: &'a dyn Fn(&Backend) -> bool,
+    pub route_metrics: &'a dyn Fn(&crate::config::Route) -> RouteMetrics,
+}
+
+impl Snapshot {
+    /// Builds a snapshot. `backends` must have been synced with the config.
+    pub fn build(inputs: Inputs<'_>, backends: &mut BackendSet) -> Snapshot {
+        let config = inputs.config;
+        let pool_names: Vec<&str> = config.pools.keys().map(String::as_str).collect();
+        let pools: Vec<Pool> = config
+            .pools
+            .iter()
+            .map(|(name, pool)| {
+                let list: Vec<Arc<Backend>> =
+                    pool.backends.iter().filter_map(|a| backends.get(name, a).cloned()).collect();
+                let healthy = (0..list.len()).filter(|&i| (inputs.healthy)(&list[i])).collect();
+                Pool {
+                    name: name.as_str().into(),
+                    backends: list,
+                    healthy,
+                    balance: pool.balance,
+                    eject: pool.eject.clone(),
+                    cursor: backends.cursor(name),
+                }
+            })
+            .collect();
+        let mut rules = Rules::new(config, &pool_names, |name| {
+            let live = (inputs.live)(name);
+            (live.weight, live.halted)
+        });
+        rules.pool_up = pools.iter().map(|p| !p.healthy.is_empty()).collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| RouteData {
+                metrics: (inputs.route_metrics)(r),
+                // Route names are validated to be header-safe.
+                header: http::HeaderValue::from_str(&r.name).unwrap_or(http::HeaderValue::from_static("-")),
+            })
+            .collect();
+        Snapshot { generation: inputs.generation, config: config.clone(), rules, pools, routes, via: "cutover" }
+    }
+
+    /// A snapshot straight from a config: config weights, every backend up.
+    /// For tests and benchmarks.
+    pub fn from_config(config: Config, metrics: &Metrics) -> Snapshot {
+        let config = Arc::new(config);
+        let mut backends = BackendSet::default();
+        backends.sync(&config, &HashMap::new());
+        let live =
+            |name: &str| Live { weight: config.route(name).map(|r| r.weight).unwrap_or_default(), halted: false };
+        let route_metrics = |r: &crate::config::Route| metrics.route(&r.name, &r.stable, r.canary.as_deref());
+        Snapshot::build(
+            Inputs { generation: 1, config: &config, live: &live, healthy: &|_| true, route_metrics: &route_metrics },
+            &mut backends,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize, balance: Balance) -> Pool {
+        let backends: Vec<Arc<Backend>> =
+            (0..n).map(|i| Arc::new(Backend::new("p", &format!("127.0.0.1:{}", 1000 + i), None))).collect();
+        Pool {
+            name: "p".into(),
+            healthy: (0..n).collect(),
+            backends,
+            balance,
+            eject: Eject { after: 3, base: std::time::Duration::from_secs(1), max: std::time::Duration::from_secs(2) },
+            cursor: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn round_robin_visits_every_healthy_backend_in_turn() {
+        let mut p = pool(3, Balance::RoundRobin);
+        p.healthy = vec![0, 2];
+        let picks: Vec<u64> = (0..4).map(|_| p.pick(None, |_| 0).unwrap().id).collect();
+        let (a, c) = (p.backends[0].id, p.backends[2].id);
+        assert_eq!(picks, vec![a, c, a, c]);
+    }
+
+    #[test]
+    fn pick_skips_the_excluded_backend_unless_it_is_the_only_one() {
+        let p = pool(2, Balance::RoundRobin);
+        let first = p.backends[0].id;
+        for _ in 0..4 {
+            assert_ne!(p.pick(Some(first), |_| 0).unwrap().id, first);
+        }
+        let single = pool(1, Balance::RoundRobin);
+        assert!(single.pick(Some(single.backends[0].id), |_| 0).is_none());
+    }
+
+    #[test]
+    fn least_requests_prefers_the_less_loaded_of_two() {
+        let p = pool(2, Balance::LeastRequests);
+        p.backends[0].inflight.store(5, Ordering::Relaxed);
+        for _ in 0..10 {
+            assert_eq!(p.pick(None, |n| n - 1).unwrap().id, p.backends[1].id);
+        }
+    }
+
+    #[test]
+    fn no_healthy_backend_picks_none() {
+        let mut p = pool(2, Balance::LeastRequests);
+        p.healthy.clear();
+        assert!(p.pick(None, |_| 0).is_none());
+    }
+}
