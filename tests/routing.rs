@@ -124,7 +124,9 @@ stable = "stable"
 canary = "canary"
 weight = 50
 "#;
-    let proxy = Proxy::start(&two_pool_config(stable.addr, canary.addr, 50.0, "").replace("[[routes]]", &format!("{extra}\n[[routes]]")));
+    let proxy = Proxy::start(
+        &two_pool_config(stable.addr, canary.addr, 50.0, "").replace("[[routes]]", &format!("{extra}\n[[routes]]")),
+    );
     let users = keys(2000, 4);
     let web = versions(&proxy, &users).await;
     let mut client = Client::connect(proxy.addr()).await;
@@ -226,11 +228,20 @@ async fn signed_beta_cookies_only_count_when_valid() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let valid = cutover::routing::beta::mint(secret, cutover::routing::beta::BetaChoice::Always, now + 3600);
     let expired = cutover::routing::beta::mint(secret, cutover::routing::beta::BetaChoice::Always, now - 1);
-    let forged = cutover::routing::beta::mint(b"somebody else's secret, 32 bytes", cutover::routing::beta::BetaChoice::Always, now + 3600);
+    let forged = cutover::routing::beta::mint(
+        b"somebody else's secret, 32 bytes",
+        cutover::routing::beta::BetaChoice::Always,
+        now + 3600,
+    );
     let tampered = valid.replacen(&(now + 3600).to_string(), &(now + 99_999).to_string(), 1);
     let ask = |value: String| {
         let addr = proxy.addr();
-        async move { get(addr, "/", &[("cookie", &format!("cutover_id=u1; cutover_beta={value}"))]).await.first_line().to_string() }
+        async move {
+            get(addr, "/", &[("cookie", &format!("cutover_id=u1; cutover_beta={value}"))])
+                .await
+                .first_line()
+                .to_string()
+        }
     };
     assert_eq!(ask(valid).await, "canary");
     for bad in [expired, forged, tampered, "always".to_string()] {
@@ -244,7 +255,8 @@ async fn signed_beta_cookies_only_count_when_valid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beta_enroll_path_sets_and_clears_the_cookie_and_redirects_back() {
     let (stable, canary) = (Backend::named("stable").await, Backend::named("canary").await);
-    let proxy = Proxy::start(&two_pool_config(stable.addr, canary.addr, 0.0, "[beta]\nenroll_path = \"/.cutover/beta\""));
+    let proxy =
+        Proxy::start(&two_pool_config(stable.addr, canary.addr, 0.0, "[beta]\nenroll_path = \"/.cutover/beta\""));
     let joined = get(proxy.addr(), "/.cutover/beta?join&return=%2Fshop%2Fcart", &[]).await;
     assert_eq!(joined.status, 303);
     assert_eq!(joined.headers.get("location").unwrap(), "/shop/cart");

@@ -15,7 +15,10 @@ mod status;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+// Tokio's clock, so rollout timing can be tested with a paused clock.
+use tokio::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -131,7 +134,6 @@ struct RouteLive {
 #[derive(Debug, Clone)]
 struct Rollout {
     state: RolloutState,
-    step_started: Instant,
     /// When the step will be judged (None while paused).
     deadline: Option<Instant>,
     /// Time left when paused.
@@ -218,7 +220,6 @@ pub fn prepare(start: Start) -> Result<Prepared, String> {
                     halted: s.halted,
                     config_weight: route.weight,
                     rollout: s.rollout.clone().map(|state| Rollout {
-                        step_started: Instant::now(),
                         deadline: (!state.paused).then(|| Instant::now() + state.plan.interval),
                         remaining: state.plan.interval,
                         baseline: Default::default(),
@@ -305,7 +306,7 @@ impl Control {
             let deadline = self.next_deadline();
             let sleep = async {
                 match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -572,7 +573,6 @@ impl Control {
             l.weight = plan.weight(0);
             l.halted = false;
             l.rollout = Some(Rollout {
-                step_started: Instant::now(),
                 deadline: Some(Instant::now() + plan.interval),
                 remaining: plan.interval,
                 baseline,
@@ -702,7 +702,6 @@ impl Control {
                     if let Some(r) = l.rollout.as_mut() {
                         r.state.step = next;
                         r.state.extensions = 0;
-                        r.step_started = Instant::now();
                         r.deadline = Some(Instant::now() + interval);
                         r.remaining = interval;
                         r.baseline = baseline;
@@ -884,7 +883,7 @@ impl Control {
                 let eject = self.config.pools.get(&*backend.pool).map(|p| p.eject.clone());
                 let Some(eject) = eject else { return };
                 let health = self.health.entry(backend.id).or_default();
-                if let Some(update) = health.eject(&backend, &eject, Instant::now()) {
+                if let Some(update) = health.eject(&backend, &eject, Instant::now().into_std()) {
                     let handle = self.handle.clone();
                     let readmit = update.readmit_after;
                     let id = backend.id;
@@ -914,7 +913,7 @@ impl Control {
         let Some(backend) = self.backends.all().find(|b| b.id == update.backend()).cloned() else { return };
         let entry = self.health.entry(backend.id).or_default();
         let was = entry.healthy;
-        entry.apply(&update, Instant::now());
+        entry.apply(&update, Instant::now().into_std());
         let now = entry.healthy;
         if was != now {
             self.events.push(NewEvent {
@@ -965,3 +964,6 @@ fn describe(l: &RouteLive) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests;

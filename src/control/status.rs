@@ -1,6 +1,6 @@
 //! What `GET /v1/routes` and `ctl status` show.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 

@@ -150,11 +150,9 @@ impl Got {
 
     /// The value of the `name` cookie set by this response, if any.
     pub fn set_cookie(&self, name: &str) -> Option<String> {
-        self.headers
-            .get_all(http::header::SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|v| v.strip_prefix(&format!("{name}=")).map(|rest| rest.split(';').next().unwrap_or("").to_string()))
+        self.headers.get_all(http::header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
+            v.strip_prefix(&format!("{name}=")).map(|rest| rest.split(';').next().unwrap_or("").to_string())
+        })
     }
 }
 
@@ -238,13 +236,23 @@ impl Proxy {
     }
 
     /// Calls the admin API; returns (status, JSON).
-    pub async fn admin_call(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> (StatusCode, serde_json::Value) {
+    pub async fn admin_call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
         cutover::ctl::call(&self.admin(), method, path, body).await.expect("admin reachable")
     }
 
     pub async fn set_weight(&self, route: &str, weight: f64) {
-        let (status, body) =
-            self.admin_call(Method::PUT, &format!("/v1/routes/{route}/weight"), Some(serde_json::json!({ "weight": weight }))).await;
+        let (status, body) = self
+            .admin_call(
+                Method::PUT,
+                &format!("/v1/routes/{route}/weight"),
+                Some(serde_json::json!({ "weight": weight })),
+            )
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 
@@ -317,7 +325,10 @@ pub struct Binary {
 
 impl Binary {
     pub fn start(args: &[&str], dir: &Path) -> Binary {
-        let log = dir.join(format!("cutover-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let log = dir.join(format!(
+            "cutover-{}.log",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        ));
         let file = std::fs::File::create(&log).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
             .args(args)
@@ -351,7 +362,10 @@ impl Binary {
     }
 
     pub fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -383,7 +397,8 @@ pub fn listening(log: &str) -> Vec<(String, String)> {
         .filter(|l| l.contains("listening"))
         .filter_map(|l| {
             let field = |name: &str| {
-                l.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}=")).map(|v| v.trim_matches('"').to_string()))
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{name}=")).map(|v| v.trim_matches('"').to_string()))
             };
             Some((field("listener")?, field("addr")?))
         })
