@@ -57,7 +57,7 @@ fn check_errors_name_the_line_and_the_key() {
         (GOOD.replace("listen = [\"127.0.0.1:8080\"]", "listen = [\"localhost\"]"), 2, vec!["server.listen"]),
         (
             format!("{GOOD}\n[admin]\nlisten = \"127.0.0.1:9901\"\n"),
-            18,
+            17,
             vec!["admin.token_file", "requires token_file"],
         ),
         (
