@@ -130,6 +130,19 @@ struct RouteLive {
     last_outcome: Option<String>,
 }
 
+impl RouteLive {
+    /// A route as its config says, with no admin decision yet.
+    fn from_config(route: &crate::config::Route) -> RouteLive {
+        RouteLive {
+            weight: route.weight,
+            halted: false,
+            config_weight: route.weight,
+            rollout: None,
+            last_outcome: None,
+        }
+    }
+}
+
 /// A rollout's in-memory part: when the step ends and the counters at its start.
 #[derive(Debug, Clone)]
 struct Rollout {
@@ -228,13 +241,7 @@ pub fn prepare(start: Start) -> Result<Prepared, String> {
                     last_outcome: s.last_outcome.clone(),
                 }
             }
-            _ => RouteLive {
-                weight: route.weight,
-                halted: false,
-                config_weight: route.weight,
-                rollout: None,
-                last_outcome: None,
-            },
+            _ => RouteLive::from_config(route),
         };
         live.insert(route.name.clone(), entry);
     }
@@ -819,23 +826,11 @@ impl Control {
                     if l.rollout.is_some() {
                         changes.push(format!("{}: rollout ended by the new configured weight", route.name));
                     }
-                    RouteLive {
-                        weight: route.weight,
-                        halted: false,
-                        config_weight: route.weight,
-                        rollout: None,
-                        last_outcome: l.last_outcome.clone(),
-                    }
+                    RouteLive { last_outcome: l.last_outcome.clone(), ..RouteLive::from_config(route) }
                 }
                 None => {
                     changes.push(format!("{}: added at {}", route.name, route.weight));
-                    RouteLive {
-                        weight: route.weight,
-                        halted: false,
-                        config_weight: route.weight,
-                        rollout: None,
-                        last_outcome: None,
-                    }
+                    RouteLive::from_config(route)
                 }
             };
             live.insert(route.name.clone(), entry);
