@@ -363,3 +363,32 @@ async fn ctl_against_a_running_server() {
     assert_eq!(code, 2, "unreachable: exit 2");
     assert!(err.contains("cannot reach"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_events_follow_prints_new_events_as_they_happen() {
+    use std::io::BufRead;
+    let (stable, canary) = pair().await;
+    let proxy = Proxy::start(&two_pool_config(stable.addr, canary.addr, 5.0, ""));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["ctl", "-c", proxy.config_path.to_str().unwrap(), "events", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    proxy.set_weight("web", 15.0).await;
+    let first = rx.recv_timeout(Duration::from_secs(15)).expect("an event line");
+    assert!(first.contains("weight") && first.contains("5% → 15%"), "{first}");
+    proxy.set_weight("web", 16.0).await;
+    let second = rx.recv_timeout(Duration::from_secs(15)).expect("a second event line");
+    assert!(second.contains("15% → 16%"), "{second}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
