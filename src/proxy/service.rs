@@ -472,22 +472,26 @@ async fn forward(
                 let again = failure.request.or_else(|| {
                     (error.kind != UpstreamErrorKind::Timeout).then(|| resend.as_ref().map(Resend::request)).flatten()
                 });
-                let next = if stale || failure.unsent_reused {
+                // A stale pooled connection is not the backend's fault: the request
+                // goes once more to the same backend on a fresh connection, free.
+                // Then one retry on another backend of the pool, paid from the budget.
+                let free = (stale || failure.unsent_reused) && !fresh;
+                let next = if free {
                     Some(backend.clone())
-                } else {
+                } else if !retried {
                     pool.pick(Some(backend.id), |n| rand::random_range(0..n)).cloned()
+                } else {
+                    None
                 };
-                if let (false, Some(again), Some(next)) = (retried, again, next) {
-                    // A stale pooled connection is not the backend's fault and is
-                    // always retried on a fresh connection; other retries spend budget.
-                    let allowed = stale || failure.unsent_reused || worker.budget.withdraw(second, limits);
-                    if allowed {
+                if let (Some(again), Some(next)) = (again, next) {
+                    if free || worker.budget.withdraw(second, limits) {
                         worker.metrics().retries.with_label_values(&["attempted"]).inc();
-                        if stale || failure.unsent_reused {
+                        if free {
                             worker.connections.forget(backend.id);
-                            fresh = true;
+                        } else {
+                            retried = true;
                         }
-                        retried = true;
+                        fresh = free;
                         request = again;
                         backend = next;
                         drop(inflight);
