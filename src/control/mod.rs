@@ -941,7 +941,6 @@ fn restart_notes(old: &Config, new: &Config, changes: &mut Vec<String>) {
     note("metrics.listen", old.metrics != new.metrics);
     note("log", old.log != new.log);
     note("state.path", old.state != new.state);
-    note("timeouts.client_header", old.timeouts.client_header != new.timeouts.client_header);
 }
 
 fn describe(l: &RouteLive) -> String {

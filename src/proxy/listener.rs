@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Shared;
+use super::client_timeouts::{Activity, ClientIo, Limits};
 use super::retry::RetryBudget;
 use super::service::{self, ConnInfo};
 use super::upstream::Connections;
@@ -81,13 +82,13 @@ pub struct Worker {
 
 impl Worker {
     fn new(shared: Arc<Shared>, stop: CancellationToken) -> Worker {
-        let snap = shared.snapshot.load();
-        let timeouts = &snap.config.timeouts;
         let mut http = auto::Builder::new(LocalExec);
         http.http1()
             .timer(TokioTimer::new())
             .keep_alive(true)
-            .header_read_timeout(timeouts.client_header)
+            // hyper's header timer also runs on idle keep-alive time: client
+            // timeouts are ClientIo's (client_timeouts.rs).
+            .header_read_timeout(None)
             .max_buf_size(64 * 1024);
         http.http2()
             .timer(TokioTimer::new())
@@ -95,7 +96,6 @@ impl Worker {
             .max_header_list_size(64 * 1024)
             .keep_alive_interval(Some(Duration::from_secs(20)))
             .keep_alive_timeout(Duration::from_secs(20));
-        drop(snap);
         Worker {
             shared,
             connections: Connections::default(),
@@ -273,56 +273,41 @@ async fn accept_loop(
 }
 
 /// Serves one client connection (HTTP/1.1, or HTTP/2 by ALPN or prior
-/// knowledge) until it closes or the worker drains.
+/// knowledge) until it closes, stays idle for `client_idle`, or the worker drains.
 async fn serve<I>(io: I, peer: SocketAddr, tls: bool, worker: &Rc<Worker>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let info = Rc::new(ConnInfo::new(peer, tls));
+    let activity = Arc::new(Activity::default());
+    let limits = Limits::from(&worker.snapshot().config.timeouts);
+    let info = Rc::new(ConnInfo::new(peer, tls, activity.clone()));
     let svc = {
         let worker = worker.clone();
-        let info = info.clone();
         service_fn(move |req| service::handle(worker.clone(), info.clone(), req))
     };
+    let io = ClientIo::new(io, activity.clone(), limits);
     let conn = worker.http.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let idle = Idle { info: info.clone(), limit: worker.snapshot().config.timeouts.client_idle };
-    tokio::select! {
+    let idle = tokio::select! {
         result = conn.as_mut() => {
+            // An upgraded connection lives on as a tunnel, without client timeouts.
+            activity.stop();
             if let Err(e) = result {
                 tracing::debug!(error = %e, %peer, "client connection ended with an error");
             }
             return;
         }
-        _ = worker.stop.cancelled() => {}
-        _ = idle.expired() => {}
-    }
+        _ = worker.stop.cancelled() => false,
+        _ = activity.idle_expired() => true,
+    };
     conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
-}
-
-/// Closes keep-alive connections that stay without a request for `client_idle`.
-struct Idle {
-    info: Rc<ConnInfo>,
-    limit: Duration,
-}
-
-impl Idle {
-    async fn expired(&self) {
-        let mut idle_since: Option<Instant> = None;
-        let tick = (self.limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        loop {
-            tokio::time::sleep(tick).await;
-            if self.info.in_flight.get() > 0 {
-                idle_since = None;
-                continue;
-            }
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() + tick >= self.limit {
-                return;
-            }
-        }
+    if idle {
+        // Nothing is in flight: an HTTP/2 client gets its GOAWAY, then a bounded wait.
+        let _ = tokio::time::timeout(limits.header.max(Duration::from_secs(1)), conn).await;
+    } else {
+        let _ = conn.await;
     }
+    activity.stop();
 }
 
 /// Drops idle upstream connections past `upstream_idle` once a second.

@@ -9,6 +9,7 @@
 //! [`DataSignal`].
 
 pub mod body;
+pub mod client_timeouts;
 pub mod headers;
 pub mod listener;
 pub mod retry;

@@ -21,6 +21,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::body::{RequestBody, ResponseBody};
+use super::client_timeouts::Activity;
 use super::headers::{self, Forwarded};
 use super::upstream::{self, Sender, UpstreamError};
 use super::{DataSignal, listener::Worker};
@@ -37,12 +38,12 @@ pub struct ConnInfo {
     /// `client_ip` formatted for X-Forwarded-For, once per connection.
     pub client_ip_header: HeaderValue,
     pub tls: bool,
-    /// Requests of this connection still being answered.
-    pub in_flight: Cell<u32>,
+    /// Requests of this connection still being answered (client timeouts).
+    pub activity: Arc<Activity>,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, activity: Arc<Activity>) -> ConnInfo {
         let ip = match peer.ip() {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
@@ -52,7 +53,7 @@ impl ConnInfo {
             client_ip: ip,
             client_ip_header: HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
             tls,
-            in_flight: Cell::new(0),
+            activity,
         }
     }
 }
@@ -68,7 +69,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
-    conn.in_flight.set(conn.in_flight.get() + 1);
+    conn.activity.request_started();
     let snap = worker.snapshot();
     let response = serve(&worker, &conn, &snap, req, start).await;
     Ok(response)
@@ -195,7 +196,7 @@ impl<'a> Context<'a> {
         if let (Some(log), Some(record)) = (&self.worker.shared.access_log, self.record(status.as_u16(), None, 0, 0)) {
             log.log(record);
         }
-        self.conn.in_flight.set(self.conn.in_flight.get().saturating_sub(1));
+        self.conn.activity.request_ended();
         let mut resp = text_response(status, text);
         if let Some(key) = self.new_key {
             append_cookie(&mut resp, self.snap, key, self.conn.tls);
@@ -222,7 +223,7 @@ fn local(
 ) -> Response<ResponseBody> {
     worker.metrics().unrouted.with_label_values(&[status.as_str()]).inc();
     log_unrouted(worker, conn, req, start, status);
-    conn.in_flight.set(conn.in_flight.get().saturating_sub(1));
+    conn.activity.request_ended();
     text_response(status, text)
 }
 
@@ -300,7 +301,7 @@ fn enroll_response(
     };
     worker.metrics().unrouted.with_label_values(&["303"]).inc();
     log_unrouted(worker, conn, req, start, StatusCode::SEE_OTHER);
-    conn.in_flight.set(conn.in_flight.get().saturating_sub(1));
+    conn.activity.request_ended();
     let mut resp =
         Response::new(ResponseBody::text(if join { "You joined the beta.\n" } else { "You left the beta.\n" }));
     *resp.status_mut() = StatusCode::SEE_OTHER;
@@ -471,22 +472,26 @@ async fn forward(
                 let again = failure.request.or_else(|| {
                     (error.kind != UpstreamErrorKind::Timeout).then(|| resend.as_ref().map(Resend::request)).flatten()
                 });
-                let next = if stale || failure.unsent_reused {
+                // A stale pooled connection is not the backend's fault: the request
+                // goes once more to the same backend on a fresh connection, free.
+                // Then one retry on another backend of the pool, paid from the budget.
+                let free = (stale || failure.unsent_reused) && !fresh;
+                let next = if free {
                     Some(backend.clone())
-                } else {
+                } else if !retried {
                     pool.pick(Some(backend.id), |n| rand::random_range(0..n)).cloned()
+                } else {
+                    None
                 };
-                if let (false, Some(again), Some(next)) = (retried, again, next) {
-                    // A stale pooled connection is not the backend's fault and is
-                    // always retried on a fresh connection; other retries spend budget.
-                    let allowed = stale || failure.unsent_reused || worker.budget.withdraw(second, limits);
-                    if allowed {
+                if let (Some(again), Some(next)) = (again, next) {
+                    if free || worker.budget.withdraw(second, limits) {
                         worker.metrics().retries.with_label_values(&["attempted"]).inc();
-                        if stale || failure.unsent_reused {
+                        if free {
                             worker.connections.forget(backend.id);
-                            fresh = true;
+                        } else {
+                            retried = true;
                         }
-                        retried = true;
+                        fresh = free;
                         request = again;
                         backend = next;
                         drop(inflight);
@@ -662,7 +667,7 @@ impl Finish {
             record.bytes_out = bytes_out;
             log.log(*record);
         }
-        self.conn.in_flight.set(self.conn.in_flight.get().saturating_sub(1));
+        self.conn.activity.request_ended();
         let _ = &self.inflight;
     }
 }
