@@ -89,8 +89,16 @@ impl AccessLog {
     /// Starts the writer thread. `path` None writes to standard output.
     pub fn start(path: Option<&Path>, dropped: IntCounter) -> std::io::Result<AccessLog> {
         let out = open(path)?;
-        let (tx, rx) = sync_channel(CAPACITY);
-        let path = path.map(Path::to_path_buf);
+        Self::with_writer(out, path.map(Path::to_path_buf), CAPACITY, dropped)
+    }
+
+    fn with_writer(
+        out: Box<dyn Write + Send>,
+        path: Option<PathBuf>,
+        capacity: usize,
+        dropped: IntCounter,
+    ) -> std::io::Result<AccessLog> {
+        let (tx, rx) = sync_channel(capacity);
         std::thread::Builder::new().name("cutover-access-log".into()).spawn(move || write_loop(rx, out, path))?;
         Ok(AccessLog { tx, dropped })
     }
@@ -103,9 +111,20 @@ impl AccessLog {
         }
     }
 
-    /// Reopens the log file (after rotation) or switches destination.
+    /// Reopens the log file (after rotation) or switches destination. The
+    /// request is queued behind the lines already waiting; it must not be
+    /// lost, so when the queue is full a short-lived thread waits for room
+    /// instead of the caller (an async task).
     pub fn reopen(&self, path: Option<PathBuf>) {
-        let _ = self.tx.send(Message::Reopen(path));
+        match self.tx.try_send(Message::Reopen(path)) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(message)) => {
+                let tx = self.tx.clone();
+                let _ = std::thread::Builder::new().name("cutover-access-log-reopen".into()).spawn(move || {
+                    let _ = tx.send(message);
+                });
+            }
+        }
     }
 }
 
@@ -150,6 +169,80 @@ fn write_loop(rx: Receiver<Message>, out: Box<dyn Write + Send>, mut path: Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc::{Sender, channel};
+    use std::sync::{Mutex, mpsc};
+
+    fn record(path: &str) -> Record {
+        Record {
+            time: SystemTime::UNIX_EPOCH,
+            client: "192.0.2.1".parse().unwrap(),
+            method: http::Method::GET,
+            path: path.into(),
+            status: 200,
+            route: None,
+            version: None,
+            reason: None,
+            backend: None,
+            duration: Duration::ZERO,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// A writer that reports its first write and then blocks until released.
+    struct Stuck {
+        entered: Option<Sender<()>>,
+        release: mpsc::Receiver<()>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Some(entered) = self.entered.take() {
+                let _ = entered.send(());
+                let _ = self.release.recv();
+            }
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_channel_drops_and_counts_instead_of_blocking() {
+        let (entered_tx, entered) = channel();
+        let (release, release_rx) = channel();
+        let written = Arc::new(Mutex::new(Vec::new()));
+        // BufWriter passes writes larger than its buffer straight through, so
+        // the first line reaches `Stuck` only at the flush that follows it.
+        let out = Stuck { entered: Some(entered_tx), release: release_rx, written: written.clone() };
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let log = AccessLog::with_writer(Box::new(out), None, 4, dropped.clone()).unwrap();
+        log.log(record("/first"));
+        entered.recv_timeout(Duration::from_secs(5)).expect("the writer took the first line");
+        // The writer is stuck: 4 lines fill the channel, the next 3 are dropped at once.
+        let started = std::time::Instant::now();
+        for i in 0..7 {
+            log.log(record(&format!("/{i}")));
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "log() blocked");
+        assert_eq!(dropped.get(), 3);
+        release.send(()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let lines = || String::from_utf8(written.lock().unwrap().clone()).unwrap().lines().count();
+        while lines() < 5 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        let paths: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(paths, ["/first", "/0", "/1", "/2", "/3"]);
+        assert_eq!(dropped.get(), 3);
+    }
 
     #[test]
     fn record_serializes_every_field() {

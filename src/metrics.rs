@@ -21,9 +21,13 @@ use crate::routing::{Reason, Version};
 pub const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-/// Status codes resolved ahead of time; others are looked up when they occur.
+/// Status codes resolved once per (route, version); others are looked up
+/// when they occur. 200 comes first: it is created eagerly.
 const COMMON_CODES: [u16; 20] =
     [200, 201, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 429, 500, 502, 503, 504, 101];
+
+/// The `trigger` label values of `cutover_rollbacks_total`.
+pub const ROLLBACK_TRIGGERS: [&str; 3] = ["manual", "error_rate", "latency"];
 
 /// Kinds of upstream failure (the `kind` label of `cutover_upstream_errors_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -209,6 +213,10 @@ impl Metrics {
         for result in ["attempted", "budget_exhausted"] {
             m.retries.with_label_values(&[result]);
         }
+        for result in ["success", "failure"] {
+            m.tls_cert_reloads.with_label_values(&[result]);
+        }
+        m.unrouted.with_label_values(&["404"]);
         Arc::new(m)
     }
 
@@ -223,6 +231,10 @@ impl Metrics {
     /// Also sets the route's `cutover_route_info` series.
     pub fn route(&self, route: &str, stable: &str, canary: Option<&str>) -> RouteMetrics {
         self.route_info.with_label_values(&[route, stable, canary.unwrap_or("")]).set(1);
+        // Present at 0 from the start, so `increase()` sees the first rollback.
+        for trigger in ROLLBACK_TRIGGERS {
+            self.rollbacks.with_label_values(&[route, trigger]);
+        }
         RouteMetrics {
             route: route.into(),
             stable: Arc::new(self.version_metrics(route, Version::Stable)),
@@ -232,11 +244,15 @@ impl Metrics {
 
     fn version_metrics(&self, route: &str, version: Version) -> VersionMetrics {
         let v = version.as_str();
+        let codes: [OnceLock<IntCounter>; COMMON_CODES.len()] = Default::default();
+        // `code="200"` exists from the start, so the family is exported and
+        // `rate()` over all codes sees the first requests.
+        let _ = codes[0].set(self.requests.with_label_values(&[route, v, "200"]));
         VersionMetrics {
             route: route.into(),
             version,
             requests: self.requests.clone(),
-            codes: Default::default(),
+            codes,
             duration: self.duration.with_label_values(&[route, v]),
             assignments: Reason::ALL.map(|r| self.assignments.with_label_values(&[route, v, r.as_str()])),
             upstream_errors: UpstreamErrorKind::ALL
@@ -328,9 +344,9 @@ impl RouteMetrics {
     }
 }
 
-/// Pre-resolved handles of one (route, version). Status code series are
-/// created on first use (so /metrics lists only codes that occurred) and
-/// resolved at most once per code.
+/// Pre-resolved handles of one (route, version). Status code series other
+/// than 200 are created on first use (so /metrics lists only codes that
+/// occurred) and resolved at most once per code.
 pub struct VersionMetrics {
     route: Arc<str>,
     version: Version,

@@ -193,7 +193,10 @@ impl<'a> Context<'a> {
     /// A response written by the proxy after a routing decision.
     fn error(&self, status: StatusCode, text: &'static str) -> Response<ResponseBody> {
         self.metrics.response(status.as_u16(), self.start.elapsed().as_secs_f64());
-        if let (Some(log), Some(record)) = (&self.worker.shared.access_log, self.record(status.as_u16(), None, 0, 0)) {
+        let bytes_out = text.len() as u64;
+        if let (Some(log), Some(record)) =
+            (&self.worker.shared.access_log, self.record(status.as_u16(), None, 0, bytes_out))
+        {
             log.log(record);
         }
         self.conn.activity.request_ended();
@@ -222,12 +225,19 @@ fn local(
     text: &'static str,
 ) -> Response<ResponseBody> {
     worker.metrics().unrouted.with_label_values(&[status.as_str()]).inc();
-    log_unrouted(worker, conn, req, start, status);
+    log_unrouted(worker, conn, req, start, status, text.len() as u64);
     conn.activity.request_ended();
     text_response(status, text)
 }
 
-fn log_unrouted(worker: &Rc<Worker>, conn: &Rc<ConnInfo>, req: &Request<Incoming>, start: Instant, status: StatusCode) {
+fn log_unrouted(
+    worker: &Rc<Worker>,
+    conn: &Rc<ConnInfo>,
+    req: &Request<Incoming>,
+    start: Instant,
+    status: StatusCode,
+    bytes_out: u64,
+) {
     if let Some(log) = &worker.shared.access_log {
         log.log(Record {
             time: SystemTime::now(),
@@ -241,7 +251,7 @@ fn log_unrouted(worker: &Rc<Worker>, conn: &Rc<ConnInfo>, req: &Request<Incoming
             backend: None,
             duration: start.elapsed(),
             bytes_in: 0,
-            bytes_out: 0,
+            bytes_out,
         });
     }
 }
@@ -299,11 +309,11 @@ fn enroll_response(
     } else {
         format!("{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{secure}", beta.cookie)
     };
+    let text = if join { "You joined the beta.\n" } else { "You left the beta.\n" };
     worker.metrics().unrouted.with_label_values(&["303"]).inc();
-    log_unrouted(worker, conn, req, start, StatusCode::SEE_OTHER);
+    log_unrouted(worker, conn, req, start, StatusCode::SEE_OTHER, text.len() as u64);
     conn.activity.request_ended();
-    let mut resp =
-        Response::new(ResponseBody::text(if join { "You joined the beta.\n" } else { "You left the beta.\n" }));
+    let mut resp = Response::new(ResponseBody::text(text));
     *resp.status_mut() = StatusCode::SEE_OTHER;
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
