@@ -140,7 +140,8 @@ pub fn start(source: Source, mut inherited: Inherited, upgrade: Option<UpgradeHo
         listeners.push(Listener { socket: Arc::new(socket), addr, name: "http", tls: None });
     }
     if let Some(tls) = &config.server.tls {
-        let acceptor = crate::tls::Acceptor::new(tls, metrics.clone()).map_err(StartError::Other)?;
+        let acceptor = crate::tls::Acceptor::new(tls, metrics.clone())
+            .map_err(|e| StartError::Other(format!("server.tls: {e}")))?;
         for &addr in &tls.listen {
             let socket = inherited.tcp(addr)?;
             let addr = socket.local_addr().map_err(|e| StartError::Other(e.to_string()))?;

@@ -191,7 +191,8 @@ impl Cx<'_> {
             }
         };
         if let Some(tls) = &tls
-            && let Some(addr) = tls.listen.iter().find(|a| listen.contains(a))
+            // Port 0 asks the kernel for a free port: two such entries never clash.
+            && let Some(addr) = tls.listen.iter().find(|a| a.port() != 0 && listen.contains(a))
         {
             let span = raw.tls.as_ref().map(|t| t.span()).unwrap_or(0..0);
             return Err(self.error(span, "server.tls.listen", format!("{addr} is also in server.listen")));
