@@ -281,6 +281,10 @@ pub fn start(source: Source, mut inherited: Inherited, upgrade: Option<UpgradeHo
         Ok(Err(e)) => return Err(StartError::Other(e)),
         Err(_) => return Err(StartError::Other("the control plane failed to start".into())),
     }
+    // Series exist from the start (at 0), before any worker accepts.
+    for l in &listeners {
+        metrics.open_connections.with_label_values(&[l.name]);
+    }
     let sockets: Vec<Arc<std::net::TcpListener>> = listeners.iter().map(|l| l.socket.clone()).collect();
     let proxy_addrs = listeners.iter().filter(|l| l.tls.is_none()).map(|l| l.addr).collect();
     let tls_addrs = listeners.iter().filter(|l| l.tls.is_some()).map(|l| l.addr).collect();
