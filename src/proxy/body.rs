@@ -128,10 +128,13 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let ResponseBody::Upstream { bytes, finish, .. } = self
+        if let ResponseBody::Upstream { inner, bytes, finish } = self
             && let Some(f) = finish.take()
         {
-            f.done(false, *bytes);
+            // hyper stops polling a body once `is_end_stream()` says all of
+            // its Content-Length was sent, so a complete body may end here
+            // without ever yielding `None`: its connection can still be reused.
+            f.done(inner.is_end_stream(), *bytes);
         }
     }
 }
