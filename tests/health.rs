@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 /// The longest any single wait in these tests may take.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -32,7 +33,8 @@ struct Killable {
     /// Health checks seen.
     checks: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
-    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// Cancelled by `kill`; a new one per start.
+    alive: Mutex<CancellationToken>,
     name: &'static str,
 }
 
@@ -44,7 +46,7 @@ impl Killable {
             hits: Arc::default(),
             checks: Arc::default(),
             healthy: Arc::new(AtomicBool::new(true)),
-            tasks: Arc::default(),
+            alive: Mutex::new(CancellationToken::new()),
             name,
         };
         k.serve(listener);
@@ -68,45 +70,46 @@ impl Killable {
     }
 
     fn serve(&self, listener: TcpListener) {
-        let (hits, checks, healthy, tasks, name) =
-            (self.hits.clone(), self.checks.clone(), self.healthy.clone(), self.tasks.clone(), self.name);
-        let accept = tokio::spawn({
-            let tasks = tasks.clone();
-            async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
-                    let (hits, checks, healthy) = (hits.clone(), checks.clone(), healthy.clone());
-                    let conn = tokio::spawn(async move {
-                        let service = service_fn(move |req: Request<Incoming>| {
-                            let resp = if req.uri().path() == "/healthz" {
-                                checks.fetch_add(1, Ordering::SeqCst);
-                                if healthy.load(Ordering::SeqCst) {
-                                    text(StatusCode::OK, "ok\n")
-                                } else {
-                                    text(StatusCode::SERVICE_UNAVAILABLE, "sick\n")
-                                }
+        let alive = CancellationToken::new();
+        *self.alive.lock().unwrap() = alive.clone();
+        let (hits, checks, healthy, name) = (self.hits.clone(), self.checks.clone(), self.healthy.clone(), self.name);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = alive.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let (hits, checks, healthy, alive) = (hits.clone(), checks.clone(), healthy.clone(), alive.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let resp = if req.uri().path() == "/healthz" {
+                            checks.fetch_add(1, Ordering::SeqCst);
+                            if healthy.load(Ordering::SeqCst) {
+                                text(StatusCode::OK, "ok\n")
                             } else {
-                                hits.fetch_add(1, Ordering::SeqCst);
-                                text(StatusCode::OK, &format!("{name}\n"))
-                            };
-                            async move { Ok::<_, Infallible>(resp) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                                text(StatusCode::SERVICE_UNAVAILABLE, "sick\n")
+                            }
+                        } else {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            text(StatusCode::OK, &format!("{name}\n"))
+                        };
+                        async move { Ok::<_, Infallible>(resp) }
                     });
-                    tasks.lock().unwrap().push(conn.abort_handle());
-                }
+                    let conn =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = alive.cancelled() => {}
+                        _ = conn => {}
+                    }
+                });
             }
         });
-        tasks.lock().unwrap().push(accept.abort_handle());
     }
 
     /// Stops listening and drops every open connection.
     fn kill(&self) {
-        for task in self.tasks.lock().unwrap().drain(..) {
-            task.abort();
-        }
+        self.alive.lock().unwrap().cancel();
     }
 }
 

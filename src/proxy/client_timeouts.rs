@@ -101,6 +101,31 @@ impl Activity {
     }
 }
 
+/// A request that reached the service. If the service future is dropped
+/// before it answers (an HTTP/2 stream reset, a client gone), the request
+/// still ends, so that the connection can become idle again.
+pub struct Started<'a>(Option<&'a Activity>);
+
+impl<'a> Started<'a> {
+    pub fn new(activity: &'a Activity) -> Self {
+        activity.request_started();
+        Started(Some(activity))
+    }
+
+    /// The response exists: its own paths end the request.
+    pub fn handed_over(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        if let Some(activity) = self.0 {
+            activity.request_ended();
+        }
+    }
+}
+
 /// The two client limits, read from the config when the connection opens.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -21,7 +21,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::body::{RequestBody, ResponseBody};
-use super::client_timeouts::Activity;
+use super::client_timeouts::{self as activity, Activity};
 use super::headers::{self, Forwarded};
 use super::upstream::{self, Sender, UpstreamError};
 use super::{DataSignal, listener::Worker};
@@ -69,9 +69,11 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
-    conn.activity.request_started();
+    let started = activity::Started::new(&conn.activity);
     let snap = worker.snapshot();
     let response = serve(&worker, &conn, &snap, req, start).await;
+    // From here the response (its body's end, or the error path) ends the request.
+    started.handed_over();
     Ok(response)
 }
 
