@@ -214,7 +214,11 @@ async fn upgrade_under_load(trigger: impl FnOnce(&Binary, &Path)) {
     assert_eq!(code, Some(0), "the old process exits 0 after the hand-over:\n{}", binary.log_text());
     // Keep the load on the new process for a while before stopping it.
     let after = done.load(Ordering::SeqCst);
-    assert!(eventually(Duration::from_secs(20), || done.load(Ordering::SeqCst) >= after + 200).await);
+    assert!(
+        eventually(Duration::from_secs(20), || done.load(Ordering::SeqCst) >= after + 200).await,
+        "the load stalled after the hand-over at {after} requests:\n{}",
+        binary.log_text()
+    );
     stop.store(true, Ordering::SeqCst);
     let failed = failures(tasks).await;
     let total = done.load(Ordering::SeqCst);
