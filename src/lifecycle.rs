@@ -26,8 +26,14 @@ pub fn run(config_path: &Path) -> i32 {
             Inherited::default()
         }
     };
-    let hook = upgrade::hook(config_path);
-    let running = match server::start(Source::File(config_path.to_path_buf()), inherited, Some(hook.clone())) {
+    if inherited.from_systemd {
+        tracing::info!(
+            sockets = inherited.sockets.len() + inherited.unix.len(),
+            "socket activation: serving the sockets systemd passed"
+        );
+    }
+    let (hook, upgrade_requests) = upgrade::hook();
+    let running = match server::start(Source::File(config_path.to_path_buf()), inherited, Some(hook)) {
         Ok(r) => r,
         Err(e) => {
             report_start_error(&e);
@@ -43,11 +49,12 @@ pub fn run(config_path: &Path) -> i32 {
             return 1;
         }
     };
-    let stop = runtime.block_on(wait_for_signals(&running));
+    let stop = runtime.block_on(wait_for_signals(&running, upgrade_requests));
     drop(runtime);
     let mut running = running;
-    if let Stop::Upgraded = stop {
-        running.mark_handed_over();
+    match stop {
+        Stop::Upgraded => running.mark_handed_over(),
+        Stop::Drain => upgrade::notify_stopping(),
     }
     let drain = running.shared.snapshot.load().config.server.drain_timeout;
     tracing::info!(
@@ -90,7 +97,7 @@ pub fn announce(running: &Running) {
     tracing::info!(pid = std::process::id(), "ready");
 }
 
-async fn wait_for_signals(running: &Running) -> Stop {
+async fn wait_for_signals(running: &Running, mut upgrade_requests: upgrade::Requests) -> Stop {
     let (Ok(mut hup), Ok(mut term), Ok(mut int), Ok(mut usr1), Ok(mut usr2)) = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
@@ -118,14 +125,30 @@ async fn wait_for_signals(running: &Running) -> Stop {
             }
             _ = usr2.recv() => {
                 tracing::info!("SIGUSR2: upgrading");
-                match upgrade::start_new_process(running) {
-                    Ok(child) => {
-                        tracing::info!(pid = child, "the new process is ready; this one drains and exits");
-                        return Stop::Upgraded;
-                    }
-                    Err(e) => tracing::error!("upgrade failed, this process keeps serving: {e}"),
+                if hand_over(running) {
+                    return Stop::Upgraded;
                 }
             }
+            Some(()) = upgrade_requests.recv() => {
+                tracing::info!("upgrade requested through the admin API");
+                if hand_over(running) {
+                    return Stop::Upgraded;
+                }
+            }
+        }
+    }
+}
+
+/// Starts the new process; true once it serves and this one must drain.
+fn hand_over(running: &Running) -> bool {
+    match upgrade::start_new_process(running) {
+        Ok(child) => {
+            tracing::info!(pid = child, "the new process is ready; this one drains and exits");
+            true
+        }
+        Err(e) => {
+            tracing::error!("upgrade failed, this process keeps serving: {e}");
+            false
         }
     }
 }

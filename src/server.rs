@@ -42,9 +42,18 @@ pub struct Inherited {
 }
 
 impl Inherited {
+    /// The handed-over socket for `addr`. In an upgrade, a configured port 0
+    /// was resolved by the parent when it bound: it takes the next socket on
+    /// the same IP, in the order the parent handed them over (listeners, then
+    /// metrics, then admin: the order `start` asks for them). systemd
+    /// sockets must match exactly.
     fn take(&mut self, addr: SocketAddr) -> Option<std::net::TcpListener> {
-        let index = self.sockets.iter().position(|s| s.local_addr().ok() == Some(addr))?;
-        Some(self.sockets.swap_remove(index))
+        let bound = |s: &std::net::TcpListener| s.local_addr().ok();
+        let index = self.sockets.iter().position(|s| bound(s) == Some(addr)).or_else(|| {
+            (addr.port() == 0 && !self.from_systemd)
+                .then(|| self.sockets.iter().position(|s| bound(s).map(|a| a.ip()) == Some(addr.ip())))?
+        })?;
+        Some(self.sockets.remove(index))
     }
 
     fn take_unix(&mut self, path: &std::path::Path) -> Option<std::os::unix::net::UnixListener> {
@@ -148,14 +157,6 @@ pub fn start(source: Source, mut inherited: Inherited, upgrade: Option<UpgradeHo
             listeners.push(Listener { socket: Arc::new(socket), addr, name: "https", tls: Some(acceptor.accept_fn()) });
         }
     }
-    if inherited.from_systemd
-        && let Some(extra) = inherited.sockets.first()
-    {
-        let addr = extra.local_addr().map_or("?".to_string(), |a| a.to_string());
-        return Err(StartError::Other(format!(
-            "systemd passed a socket for {addr}, but the config listens on none such; list it in server.listen"
-        )));
-    }
     let metrics_socket = match &config.metrics {
         Some(m) => Some(inherited.tcp(m.listen)?),
         None => None,
@@ -180,6 +181,15 @@ pub fn start(source: Source, mut inherited: Inherited, upgrade: Option<UpgradeHo
         }
         Some(AdminListen::Tcp(addr)) => Some(AdminSocket::Tcp(inherited.tcp(*addr)?)),
     };
+    if inherited.from_systemd
+        && let Some(extra) = inherited.sockets.first()
+    {
+        let addr = extra.local_addr().map_or("?".to_string(), |a| a.to_string());
+        return Err(StartError::Other(format!(
+            "systemd passed a socket for {addr}, but the config listens on none such; \
+             list it in server.listen (or as metrics.listen or admin.listen)"
+        )));
+    }
     // Duplicates of the control plane's sockets, to hand over on upgrade.
     let mut handover = Vec::new();
     let dup_err = |e: std::io::Error| StartError::Other(format!("cannot duplicate a socket: {e}"));
@@ -325,6 +335,11 @@ impl Running {
 
     /// As [`Running::shutdown`] with an explicit drain period.
     pub fn stop(&mut self, drain: Duration) {
+        // Close our listening sockets as the drain starts (the workers close
+        // their duplicates when they stop accepting): new connections are
+        // then refused instead of queueing for a process that will not
+        // accept them. After a hand-over the new process holds its own.
+        self.listeners.clear();
         // After a hand-over the new process owns admin, metrics and the state
         // file: stop the control plane first so that only it writes state.
         if self.handed_over {

@@ -105,22 +105,24 @@ fn remove_env(name: &str) {
 
 static UPGRADING: AtomicBool = AtomicBool::new(false);
 
-/// The `POST /v1/upgrade` hook: asks this process to upgrade itself, as
-/// SIGUSR2 does.
-pub fn hook(_config_path: &Path) -> UpgradeHook {
-    Arc::new(|| {
+/// Upgrade requests from the admin API (`POST /v1/upgrade`), for the signal
+/// loop, which runs them exactly as it runs SIGUSR2.
+pub type Requests = tokio::sync::mpsc::UnboundedReceiver<()>;
+
+/// The `POST /v1/upgrade` hook and the receiving end for the signal loop.
+pub fn hook() -> (UpgradeHook, Requests) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let hook: UpgradeHook = Arc::new(move || {
         if UPGRADING.load(Ordering::SeqCst) {
             return Err("an upgrade is already in progress".into());
         }
-        // The signal handler runs the upgrade, so both ways share one path.
-        let pid = std::process::id();
-        std::process::Command::new("kill")
-            .args(["-USR2", &pid.to_string()])
-            .status()
-            .map_err(|e| format!("cannot signal the process: {e}"))
-            .and_then(|s| if s.success() { Ok(()) } else { Err("kill -USR2 failed".into()) })?;
-        Ok(format!("upgrade started for pid {pid}; watch `cutover ctl events` or the log"))
-    })
+        tx.send(()).map_err(|_| "this process is stopping; it cannot upgrade".to_string())?;
+        Ok(format!(
+            "upgrade started: pid {} hands its sockets to a new process, then drains and exits; the log says when",
+            std::process::id()
+        ))
+    });
+    (hook, rx)
 }
 
 /// Starts the new process with this one's sockets; returns its pid once it
@@ -137,7 +139,7 @@ pub fn start_new_process(running: &Running) -> Result<u32, String> {
 }
 
 fn spawn_and_wait(running: &Running) -> Result<u32, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let exe = own_binary()?;
     let config = running.config_path.clone().ok_or("this server has no config file to hand over")?;
     let mut handed: Vec<(RawFd, String)> = Vec::new();
     for socket in &running.listeners {
@@ -193,9 +195,34 @@ fn spawn_and_wait(running: &Running) -> Result<u32, String> {
     }
 }
 
+/// The path of this binary, as installed now.
+///
+/// When a package manager or `install` replaces the binary (by rename, as
+/// they do), Linux reports this process's executable as `PATH (deleted)`;
+/// the new binary, the one an upgrade is for, is at `PATH`.
+fn own_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    if exe.exists() {
+        return Ok(exe);
+    }
+    let replaced = exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")).map(PathBuf::from);
+    match replaced {
+        Some(path) if path.exists() => Ok(path),
+        _ => Err(format!("this binary ({}) is gone and nothing was installed in its place", exe.display())),
+    }
+}
+
 /// Tells whoever started this process that it serves now: the parent of an
 /// upgrade (ready pipe) and systemd (`READY=1` on `NOTIFY_SOCKET`).
 pub fn notify_ready(_running: &Running) {
+    // systemd first: after an upgrade it must know the new MAINPID before the
+    // parent, told by the pipe, drains and exits.
+    if let Ok(path) = std::env::var("NOTIFY_SOCKET") {
+        let message = format!("READY=1\nMAINPID={}\n", std::process::id());
+        if let Err(e) = sd_notify(&path, &message) {
+            tracing::warn!("cannot notify systemd: {e}");
+        }
+    }
     if let Ok(fd) = std::env::var(READY_VAR) {
         remove_env(READY_VAR);
         if let Some(owned) = fd.parse().ok().and_then(adopt) {
@@ -203,11 +230,14 @@ pub fn notify_ready(_running: &Running) {
             let _ = std::io::Write::write_all(&mut pipe, b"ready\n");
         }
     }
-    if let Ok(path) = std::env::var("NOTIFY_SOCKET") {
-        let message = format!("READY=1\nMAINPID={}\n", std::process::id());
-        if let Err(e) = sd_notify(&path, &message) {
-            tracing::warn!("cannot notify systemd: {e}");
-        }
+}
+
+/// Tells systemd that the service is stopping (SIGTERM drain; not an upgrade).
+pub fn notify_stopping() {
+    if let Ok(path) = std::env::var("NOTIFY_SOCKET")
+        && let Err(e) = sd_notify(&path, "STOPPING=1\n")
+    {
+        tracing::warn!("cannot notify systemd: {e}");
     }
 }
 

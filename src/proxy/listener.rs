@@ -281,9 +281,14 @@ where
     let activity = Arc::new(Activity::default());
     let limits = Limits::from(&worker.snapshot().config.timeouts);
     let info = Rc::new(ConnInfo::new(peer, tls, activity.clone()));
+    let first_request = Rc::new(FirstRequest::default());
     let svc = {
         let worker = worker.clone();
-        service_fn(move |req| service::handle(worker.clone(), info.clone(), req))
+        let first_request = first_request.clone();
+        service_fn(move |req| {
+            first_request.seen();
+            service::handle(worker.clone(), info.clone(), req)
+        })
     };
     let io = ClientIo::new(io, activity.clone(), limits);
     let conn = worker.http.serve_connection_with_upgrades(TokioIo::new(io), svc);
@@ -297,7 +302,23 @@ where
             }
             return;
         }
-        _ = worker.stop.cancelled() => false,
+        _ = worker.stop.cancelled() => {
+            // HTTP/1 cannot tell a client "go away" before its first request:
+            // hyper would close a connection accepted just before the drain
+            // under the request on its way. Give it a moment to arrive; it is
+            // then answered with `Connection: close`.
+            tokio::select! {
+                result = conn.as_mut() => {
+                    activity.stop();
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, %peer, "client connection ended with an error");
+                    }
+                    return;
+                }
+                _ = first_request.wait(FIRST_REQUEST_GRACE) => {}
+            }
+            false
+        }
         _ = activity.idle_expired() => true,
     };
     conn.as_mut().graceful_shutdown();
@@ -308,6 +329,32 @@ where
         let _ = conn.await;
     }
     activity.stop();
+}
+
+/// How long a draining worker waits for the first request of a connection
+/// it accepted but has not yet read a request from.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether a connection's first request has arrived.
+#[derive(Default)]
+struct FirstRequest {
+    seen: std::cell::Cell<bool>,
+    notify: tokio::sync::Notify,
+}
+
+impl FirstRequest {
+    fn seen(&self) {
+        if !self.seen.replace(true) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Returns once the first request has arrived, or after `grace`.
+    async fn wait(&self, grace: Duration) {
+        if !self.seen.get() {
+            let _ = tokio::time::timeout(grace, self.notify.notified()).await;
+        }
+    }
 }
 
 /// Drops idle upstream connections past `upstream_idle` once a second.
