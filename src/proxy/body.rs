@@ -86,11 +86,19 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Upstream { inner, bytes, finish } => {
-                let polled = Pin::new(inner).poll_frame(cx);
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
                             *bytes += data.len() as u64;
+                        }
+                        // hyper stops polling a body that says it has ended
+                        // (Content-Length reached): finish here, or the
+                        // connection would never go back to the pool.
+                        if inner.is_end_stream()
+                            && let Some(f) = finish.take()
+                        {
+                            f.done(true, *bytes);
                         }
                     }
                     Poll::Ready(None) => {

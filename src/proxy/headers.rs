@@ -35,23 +35,18 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop fields. With `upgrade`, keeps `Upgrade` and sets
 /// `Connection: upgrade`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if let Some(first) = headers.get(header::CONNECTION) {
-        // Fields named in any Connection value are hop-by-hop too. Cloning a
-        // HeaderValue only bumps a reference count.
-        let values: Vec<HeaderValue> = match headers.get_all(header::CONNECTION).iter().nth(1) {
-            None => vec![first.clone()],
-            Some(_) => headers.get_all(header::CONNECTION).iter().cloned().collect(),
-        };
-        for value in &values {
-            let Ok(text) = value.to_str() else { continue };
-            for token in text.split(',').map(str::trim) {
-                if token.is_empty() || token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
-                    continue;
+    if headers.contains_key(header::CONNECTION) {
+        // Fields named in any Connection value are hop-by-hop too. Browsers
+        // and most servers send only `keep-alive` or `close`: copy the values
+        // (cloning a HeaderValue only bumps a reference count) only when some
+        // other field is named.
+        if names_fields(headers, upgrade) {
+            let values: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+            for value in &values {
+                let Ok(text) = value.to_str() else { continue };
+                for token in text.split(',').map(str::trim).filter(|t| is_named_field(t, upgrade)) {
+                    headers.remove(token);
                 }
-                if upgrade && token.eq_ignore_ascii_case("upgrade") {
-                    continue;
-                }
-                headers.remove(token);
             }
         }
         headers.remove(header::CONNECTION);
@@ -69,6 +64,23 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else if headers.contains_key(header::UPGRADE) {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// Whether a Connection token names a field to remove: anything but `close`,
+/// `keep-alive` and, for an upgrade, `upgrade`.
+fn is_named_field(token: &str, upgrade: bool) -> bool {
+    !(token.is_empty()
+        || token.eq_ignore_ascii_case("close")
+        || token.eq_ignore_ascii_case("keep-alive")
+        || (upgrade && token.eq_ignore_ascii_case("upgrade")))
+}
+
+fn names_fields(headers: &HeaderMap, upgrade: bool) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').map(str::trim).any(|t| is_named_field(t, upgrade)))
 }
 
 /// What the proxy tells the backend about the request.

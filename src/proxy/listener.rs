@@ -2,13 +2,16 @@
 //! runtime, accepts on (a duplicate of) every listening socket, and serves
 //! each connection it accepts from start to end.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::ops::Deref;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, Cache};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -69,9 +72,23 @@ pub fn bind(addr: SocketAddr) -> io::Result<StdListener> {
     Ok(socket.into())
 }
 
+/// The shared snapshot cell, as a worker's [`Cache`] reads it.
+struct SnapshotCell(Arc<Shared>);
+
+impl Deref for SnapshotCell {
+    type Target = ArcSwap<Snapshot>;
+
+    fn deref(&self) -> &ArcSwap<Snapshot> {
+        &self.0.snapshot
+    }
+}
+
 /// A worker thread's state. Lives on that thread only.
 pub struct Worker {
     pub shared: Arc<Shared>,
+    /// The worker's copy of the current snapshot: reading it is one atomic
+    /// load while no swap happened (no arc-swap debt slot per request).
+    snapshot: RefCell<Cache<SnapshotCell, Arc<Snapshot>>>,
     pub connections: Connections,
     pub budget: RetryBudget,
     http: auto::Builder<LocalExec>,
@@ -97,6 +114,7 @@ impl Worker {
             .keep_alive_interval(Some(Duration::from_secs(20)))
             .keep_alive_timeout(Duration::from_secs(20));
         Worker {
+            snapshot: RefCell::new(Cache::new(SnapshotCell(shared.clone()))),
             shared,
             connections: Connections::default(),
             budget: RetryBudget::default(),
@@ -108,7 +126,7 @@ impl Worker {
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.shared.snapshot.load_full()
+        self.snapshot.borrow_mut().load().clone()
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, and where they go, with callgrind: a
+# measure that other work on a shared machine does not disturb.
+#
+# Runs the same topology as compare.sh (nginx stand-in backends, 5% canary,
+# returning users with a sticky cookie, 16 keep-alive connections) with
+# cutover under valgrind; counts only the measured requests (counters are
+# zeroed after a warm-up) and prints instructions per request and the top
+# functions (inclusive).
+#
+# Usage: benches/profile.sh [requests]   (default 20000)
+# Settings: CUTOVER=target/release/cutover BASE_PORT=18000 TOP=40
+set -euo pipefail
+
+REQUESTS=${1:-20000}
+TOP=${TOP:-40}
+BASE_PORT=${BASE_PORT:-18000}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+CUTOVER=${CUTOVER:-$ROOT/target/release/cutover}
+for tool in valgrind callgrind_control callgrind_annotate nginx h2load openssl; do
+    command -v "$tool" >/dev/null || {
+        echo "missing: $tool (apt-get install -y valgrind nginx nghttp2-client openssl)" >&2
+        exit 1
+    }
+done
+[[ -x $CUTOVER ]] || { echo "no cutover binary at $CUTOVER: cargo build --release" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/cutover-profile.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
+render() {
+    sed -e "s|@WORK@|$WORK|g" -e "s|@PORT@|$((BASE_PORT + 80))|g" -e "s|@TLSPORT@|$((BASE_PORT + 443))|g" \
+        -e "s|@STABLE@|$((BASE_PORT + 81))|g" -e "s|@CANARY@|$((BASE_PORT + 82))|g" "$HERE/compare/$1" >"$WORK/$1"
+}
+wait_port() {
+    for _ in $(seq 600); do
+        (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+render backends.conf
+render cutover.toml
+sed -i 's/^workers = 1/workers = 1\ndrain_timeout = "1s"/' "$WORK/cutover.toml"
+nginx -p "$WORK" -c "$WORK/backends.conf" -e "$WORK/backends.err" -g 'daemon off;' &
+PIDS+=("$!")
+CUTOVER_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
+    "$CUTOVER" run -c "$WORK/cutover.toml" >"$WORK/cutover.log" 2>&1 &
+VG=$!
+PIDS+=("$VG")
+wait_port $((BASE_PORT + 80))
+load() {
+    h2load --h1 -t1 -c16 -n "$1" -H "cookie: theme=dark; cutover_id=user-42; consent=yes" \
+        -H "user-agent: Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0" \
+        -H "accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8" \
+        "http://127.0.0.1:$((BASE_PORT + 80))/products/42"
+}
+load 2000 >/dev/null
+callgrind_control -z "$VG" >/dev/null
+load "$REQUESTS" | grep -E '^(requests|status codes):'
+callgrind_control -d "$VG" >/dev/null
+sleep 1
+kill "$VG"
+wait "$VG" 2>/dev/null || true
+# The dump after zeroing is the part file with the highest number.
+OUT=$(ls -1 "$WORK"/callgrind.out.* 2>/dev/null | sort -t. -k3 -n | tail -1)
+TOTAL=$(callgrind_annotate "$OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+echo "instructions per request: $((TOTAL / REQUESTS)) ($TOTAL over $REQUESTS requests)"
+callgrind_annotate --inclusive=yes "$OUT" 2>/dev/null | sed -n '/Ir/,$p' | head -$((TOP + 3)) | cut -c1-200
+echo "callgrind output: $OUT"
