@@ -17,20 +17,23 @@ pub struct Found<'a> {
 pub fn find<'a>(headers: &'a HeaderMap, user_name: &str, beta_name: &str) -> Found<'a> {
     let mut found = Found::default();
     for field in headers.get_all(COOKIE) {
-        let Ok(field) = field.to_str() else { continue };
-        for pair in field.split(';') {
-            let Some((name, value)) = pair.split_once('=') else { continue };
-            let name = name.trim();
-            let value = value.trim();
-            let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
-            if found.user.is_none() && name == user_name {
-                found.user = Some(value);
-            } else if found.beta.is_none() && name == beta_name {
-                found.beta = Some(value);
+        // Bytes, not `to_str()`: only the two values we keep need to be text.
+        for pair in field.as_bytes().split(|&b| b == b';') {
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else { continue };
+            let name = pair[..eq].trim_ascii();
+            let slot = if found.user.is_none() && name == user_name.as_bytes() {
+                &mut found.user
+            } else if found.beta.is_none() && name == beta_name.as_bytes() {
+                &mut found.beta
+            } else {
+                continue;
+            };
+            let value = pair[eq + 1..].trim_ascii();
+            let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
+            *slot = std::str::from_utf8(value).ok();
+            if found.user.is_some() && found.beta.is_some() {
+                return found;
             }
-        }
-        if found.user.is_some() && found.beta.is_some() {
-            break;
         }
     }
     found
