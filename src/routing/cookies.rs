@@ -17,26 +17,42 @@ pub struct Found<'a> {
 pub fn find<'a>(headers: &'a HeaderMap, user_name: &str, beta_name: &str) -> Found<'a> {
     let mut found = Found::default();
     for field in headers.get_all(COOKIE) {
-        // Bytes, not `to_str()`: only the two values we keep need to be text.
-        for pair in field.as_bytes().split(|&b| b == b';') {
-            let Some(eq) = pair.iter().position(|&b| b == b'=') else { continue };
-            let name = pair[..eq].trim_ascii();
-            let slot = if found.user.is_none() && name == user_name.as_bytes() {
-                &mut found.user
-            } else if found.beta.is_none() && name == beta_name.as_bytes() {
-                &mut found.beta
-            } else {
-                continue;
+        // One pass over the bytes: at each pair's start compare the two names,
+        // then jump to the next ';'. Only the values kept need to be text.
+        let mut rest = field.as_bytes();
+        while !rest.is_empty() {
+            rest = rest.trim_ascii_start();
+            let end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+            let pair = &rest[..end];
+            // One name may be a prefix of the other ("sess", "sess_beta"): try both.
+            let user = found.user.is_none().then(|| value_of(pair, user_name.as_bytes())).flatten();
+            let slot = match user {
+                Some(v) => Some((&mut found.user, v)),
+                None => found
+                    .beta
+                    .is_none()
+                    .then(|| value_of(pair, beta_name.as_bytes()))
+                    .flatten()
+                    .map(|v| (&mut found.beta, v)),
             };
-            let value = pair[eq + 1..].trim_ascii();
-            let value = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value);
-            *slot = std::str::from_utf8(value).ok();
-            if found.user.is_some() && found.beta.is_some() {
-                return found;
+            if let Some((slot, value)) = slot {
+                *slot = std::str::from_utf8(value).ok();
+                if found.user.is_some() && found.beta.is_some() {
+                    return found;
+                }
             }
+            rest = rest.get(end + 1..).unwrap_or_default();
         }
     }
     found
+}
+
+/// The value of `pair` if its name is exactly `name` (optional spaces
+/// before `=`), trimmed and without surrounding quotes.
+fn value_of<'p>(pair: &'p [u8], name: &[u8]) -> Option<&'p [u8]> {
+    let after = pair.strip_prefix(name)?.trim_ascii_start().strip_prefix(b"=")?;
+    let value = after.trim_ascii();
+    Some(value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(value))
 }
 
 /// A user key taken from a cookie or header must be a short token; anything
@@ -101,6 +117,14 @@ mod tests {
     fn first_occurrence_wins_and_quotes_are_removed() {
         let h = headers(&["cutover_id=\"first\"; cutover_id=second"]);
         assert_eq!(find(&h, "cutover_id", "cutover_beta").user, Some("first"));
+    }
+
+    #[test]
+    fn a_name_that_prefixes_the_other_still_finds_both() {
+        let h = headers(&["sess_beta=always; sess=k1"]);
+        assert_eq!(find(&h, "sess", "sess_beta"), Found { user: Some("k1"), beta: Some("always") });
+        let h = headers(&["sess=k1;sess_beta = never"]);
+        assert_eq!(find(&h, "sess_beta", "sess"), Found { user: Some("never"), beta: Some("k1") });
     }
 
     #[test]
