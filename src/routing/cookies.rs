@@ -22,7 +22,7 @@ pub fn find<'a>(headers: &'a HeaderMap, user_name: &str, beta_name: &str) -> Fou
         let mut rest = field.as_bytes();
         while !rest.is_empty() {
             rest = rest.trim_ascii_start();
-            let end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+            let end = memchr::memchr(b';', rest).unwrap_or(rest.len());
             let pair = &rest[..end];
             // One name may be a prefix of the other ("sess", "sess_beta"): try both.
             let user = found.user.is_none().then(|| value_of(pair, user_name.as_bytes())).flatten();
@@ -58,8 +58,20 @@ fn value_of<'p>(pair: &'p [u8], name: &[u8]) -> Option<&'p [u8]> {
 /// A user key taken from a cookie or header must be a short token; anything
 /// else is ignored and the user gets a fresh key.
 pub fn is_valid_key(key: &str) -> bool {
-    (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    (1..=128).contains(&key.len()) && key.bytes().all(|b| KEY_BYTES[usize::from(b)])
 }
+
+/// Letters, digits, `-`, `_`, `.`, `:`.
+const KEY_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.' || c == b':';
+        b += 1;
+    }
+    table
+};
 
 /// A key minted by the proxy: 16 lower-case hex digits of a 64-bit id.
 #[derive(Clone, Copy, PartialEq, Eq)]

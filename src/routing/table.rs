@@ -6,6 +6,7 @@
 //! matches `/api`, `/api/v1` and `/apiary`; write `/api/` for a segment.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::config::HostPattern;
 
@@ -15,7 +16,7 @@ type Prefixes = Vec<(Box<str>, usize)>;
 /// Route indices per host, each list sorted by prefix length, longest first.
 #[derive(Debug, Default, Clone)]
 pub struct RouteTable {
-    exact: HashMap<Box<str>, Prefixes>,
+    exact: HashMap<Box<str>, Prefixes, BuildHasherDefault<Fnv1a>>,
     /// (suffix such as ".example.com", routes), longest suffix first.
     wildcard: Vec<(Box<str>, Prefixes)>,
     any: Prefixes,
@@ -62,6 +63,26 @@ impl RouteTable {
             }
         }
         longest(&self.any)
+    }
+}
+
+/// FNV-1a for the host map. The map is built from the config and only read
+/// per request, so request input cannot degrade it; a keyed hash would cost
+/// several times more per lookup.
+#[derive(Default)]
+struct Fnv1a(u64);
+
+impl Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
