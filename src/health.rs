@@ -79,7 +79,7 @@ impl BackendHealth {
         self.healthy = !self.active_down && !self.ejected;
     }
 
-    pub fn apply(&mut self, update: &HealthUpdate, now: Instant) {
+    pub fn apply(&mut self, update: &HealthUpdate) {
         match update {
             HealthUpdate::Check { passed: true, detail, healthy_after, .. } => {
                 self.checks_passed += 1;
@@ -110,7 +110,6 @@ impl BackendHealth {
                         "readmitted after ejection".into()
                     };
                 }
-                let _ = now;
             }
         }
         self.refresh();
@@ -253,15 +252,14 @@ mod tests {
     #[test]
     fn goes_down_after_unhealthy_after_failures_and_up_after_healthy_after_passes() {
         let mut h = BackendHealth::default();
-        let now = Instant::now();
-        h.apply(&check(false), now);
-        h.apply(&check(false), now);
+        h.apply(&check(false));
+        h.apply(&check(false));
         assert!(h.healthy);
-        h.apply(&check(false), now);
+        h.apply(&check(false));
         assert!(!h.healthy);
-        h.apply(&check(true), now);
+        h.apply(&check(true));
         assert!(!h.healthy);
-        h.apply(&check(true), now);
+        h.apply(&check(true));
         assert!(h.healthy);
     }
 
@@ -276,7 +274,7 @@ mod tests {
                 let e = h.eject(&backend, &eject, now).expect("ejected");
                 assert!(!h.healthy);
                 assert!(h.eject(&backend, &eject, now).is_none(), "already out");
-                h.apply(&HealthUpdate::Readmit { backend: backend.id }, now);
+                h.apply(&HealthUpdate::Readmit { backend: backend.id });
                 assert!(h.healthy);
                 e.readmit_after.as_secs()
             })

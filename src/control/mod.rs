@@ -908,7 +908,7 @@ impl Control {
         let Some(backend) = self.backends.all().find(|b| b.id == update.backend()).cloned() else { return };
         let entry = self.health.entry(backend.id).or_default();
         let was = entry.healthy;
-        entry.apply(&update, Instant::now().into_std());
+        entry.apply(&update);
         let now = entry.healthy;
         if was != now {
             self.events.push(NewEvent {

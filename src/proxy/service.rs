@@ -29,7 +29,7 @@ use crate::access_log::Record;
 use crate::metrics::{UpstreamErrorKind, VersionMetrics};
 use crate::routing::beta::BetaChoice;
 use crate::routing::{self, Decision, Head, Outcome, Reason, Version};
-use crate::snapshot::{Backend, Snapshot};
+use crate::snapshot::{Backend, Pool, Snapshot};
 
 /// What the service knows about the client connection.
 pub struct ConnInfo {
@@ -478,7 +478,7 @@ async fn forward(
                 ctx.metrics.upstream_error(error.kind);
                 let stale = failure.reused && !error.connect && error.kind == UpstreamErrorKind::Reset;
                 if !stale {
-                    note_failure(worker, &backend, &error);
+                    note_failure(worker, pool, &backend, &error);
                 }
                 tracing::debug!(backend = %backend.authority, kind = error.kind.as_str(), detail = %error.detail, "upstream attempt failed");
                 let again = failure.request.or_else(|| {
@@ -534,14 +534,12 @@ async fn forward(
 
 /// Counts a connection failure or reset against the backend; reaching the
 /// pool's `eject.after` asks the control plane to eject it.
-fn note_failure(worker: &Worker, backend: &Arc<Backend>, error: &UpstreamError) {
+fn note_failure(worker: &Worker, pool: &Pool, backend: &Arc<Backend>, error: &UpstreamError) {
     if !matches!(error.kind, UpstreamErrorKind::Connect | UpstreamErrorKind::Reset) && !error.connect {
         return;
     }
     let failures = backend.failures.fetch_add(1, Ordering::Relaxed) + 1;
-    let snap = worker.snapshot();
-    let after = snap.pools.iter().find(|p| *p.name == *backend.pool).map_or(u32::MAX, |p| p.eject.after);
-    if failures == after {
+    if failures == pool.eject.after {
         let _ = worker.shared.signals.send(DataSignal::BackendFailing(backend.clone()));
     }
 }
@@ -627,7 +625,7 @@ fn respond(
         worker: worker.clone(),
         conn: ctx.conn.clone(),
         pooled: tunnel.is_none().then(|| (inflight.0.id, sender)),
-        inflight,
+        _inflight: inflight,
         metrics: ctx.metrics.clone(),
         status: status.as_u16(),
         start: ctx.start,
@@ -658,7 +656,8 @@ pub struct Finish {
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
     pooled: Option<(u64, Sender)>,
-    inflight: InFlight,
+    /// Held until the response ends: the backend's in-flight count.
+    _inflight: InFlight,
     metrics: Arc<VersionMetrics>,
     status: u16,
     start: Instant,
@@ -680,7 +679,6 @@ impl Finish {
             log.log(*record);
         }
         self.conn.activity.request_ended();
-        let _ = &self.inflight;
     }
 }
 
