@@ -104,7 +104,7 @@ fn page(version: Version, addr: SocketAddr, req: &Request<Incoming>, shared: Opt
         Version::Canary => "2",
     };
     let mut out = format!("{}\n\nHello from version {number} of the demo app ({addr}).\n", version.as_str());
-    match found.user {
+    match found.user.and_then(|k| std::str::from_utf8(k).ok()) {
         Some(key) => {
             let bucket = hash::bucket("web", key.as_bytes());
             out.push_str(&format!("Your user key (cookie cutover_id): {key}\n"));
@@ -117,7 +117,7 @@ fn page(version: Version, addr: SocketAddr, req: &Request<Incoming>, shared: Opt
         ),
     }
     if let Some(beta) = found.beta {
-        out.push_str(&format!("Beta cookie: cutover_beta={beta}\n"));
+        out.push_str(&format!("Beta cookie: cutover_beta={}\n", String::from_utf8_lossy(beta)));
     }
     out.push_str(&format!("Route weight now: {weight}%{}\n", if halted { " (rolled back: halted)" } else { "" }));
     if let Some(v) = req.headers().get("x-cutover-version").and_then(|v| v.to_str().ok()) {

@@ -216,7 +216,7 @@ pub fn decide(rules: &Rules, head: &Head<'_>, fresh_id: impl FnOnce() -> u64) ->
 
     let mut minted = None;
     let (key, key_reason): (&[u8], Reason) = match found.user.filter(|k| cookies::is_valid_key(k)) {
-        Some(key) => (key.as_bytes(), Reason::Returning),
+        Some(key) => (key, Reason::Returning),
         None => match user_header(rules, head.headers) {
             Some(key) => (key.as_bytes(), Reason::Header),
             None => {
@@ -230,7 +230,8 @@ pub fn decide(rules: &Rules, head: &Head<'_>, fresh_id: impl FnOnce() -> u64) ->
     };
     let bucket = hash::bucket(&route.name, key);
 
-    let beta = found.beta.map(|v| rules.beta.read(v, head.now));
+    let beta =
+        found.beta.map(|v| std::str::from_utf8(v).map_or(BetaCookie::Rejected, |v| rules.beta.read(v, head.now)));
     let (assigned, reason) = if route.halted {
         (Version::Stable, Reason::Halted)
     } else if route.canary.is_none() {
@@ -265,7 +266,7 @@ pub fn decide(rules: &Rules, head: &Head<'_>, fresh_id: impl FnOnce() -> u64) ->
 fn user_header<'h>(rules: &Rules, headers: &'h HeaderMap) -> Option<&'h str> {
     let name = rules.sticky.header.as_ref()?;
     let value = headers.get(name)?.to_str().ok()?.trim();
-    cookies::is_valid_key(value).then_some(value)
+    cookies::is_valid_key(value.as_bytes()).then_some(value)
 }
 
 /// The key of a first-time client in `client_ip` mode: SipHash-2-4 (zero key)
@@ -283,9 +284,7 @@ pub fn client_ip_id(ip: IpAddr) -> u64 {
         let _ = write!(cursor, "{ip}");
         cursor.position() as usize
     };
-    let mut h = hash::SipHasher24::new(0, 0);
-    h.write(&buf[..text]);
-    h.finish()
+    hash::siphash24(0, 0, &buf[..text])
 }
 
 #[cfg(test)]

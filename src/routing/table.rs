@@ -16,9 +16,10 @@ type Prefixes = Vec<(Box<str>, usize)>;
 /// Route indices per host, each list sorted by prefix length, longest first.
 #[derive(Debug, Default, Clone)]
 pub struct RouteTable {
-    exact: HashMap<Box<str>, Prefixes, BuildHasherDefault<Fnv1a>>,
+    /// Lower-case host names.
+    exact: HashMap<Box<[u8]>, Prefixes, BuildHasherDefault<WordHash>>,
     /// (suffix such as ".example.com", routes), longest suffix first.
-    wildcard: Vec<(Box<str>, Prefixes)>,
+    wildcard: Vec<(Box<[u8]>, Prefixes)>,
     any: Prefixes,
 }
 
@@ -28,11 +29,13 @@ impl RouteTable {
         for (index, (host, prefix)) in routes.into_iter().enumerate() {
             let entry = (Box::from(prefix), index);
             match host {
-                HostPattern::Exact(h) => table.exact.entry(h.as_str().into()).or_default().push(entry),
-                HostPattern::Wildcard(suffix) => match table.wildcard.iter_mut().find(|(s, _)| **s == **suffix) {
-                    Some((_, list)) => list.push(entry),
-                    None => table.wildcard.push((suffix.as_str().into(), vec![entry])),
-                },
+                HostPattern::Exact(h) => table.exact.entry(h.as_bytes().into()).or_default().push(entry),
+                HostPattern::Wildcard(suffix) => {
+                    match table.wildcard.iter_mut().find(|(s, _)| **s == *suffix.as_bytes()) {
+                        Some((_, list)) => list.push(entry),
+                        None => table.wildcard.push((suffix.as_bytes().into(), vec![entry])),
+                    }
+                }
                 HostPattern::Any => table.any.push(entry),
             }
         }
@@ -55,7 +58,7 @@ impl RouteTable {
             }
             for (suffix, list) in &self.wildcard {
                 if host.len() > suffix.len()
-                    && host.ends_with(&**suffix)
+                    && host.ends_with(suffix)
                     && let Some(found) = longest(list)
                 {
                     return Some(found);
@@ -66,19 +69,34 @@ impl RouteTable {
     }
 }
 
-/// FNV-1a for the host map. The map is built from the config and only read
-/// per request, so request input cannot degrade it; a keyed hash would cost
-/// several times more per lookup.
+/// The host map's hash: a multiply-rotate over whole words (FxHash's
+/// step). The map is built from the config and only read per request, so
+/// request input cannot degrade it; a keyed hash would cost several times
+/// more per lookup.
 #[derive(Default)]
-struct Fnv1a(u64);
+struct WordHash(u64);
 
-impl Hasher for Fnv1a {
+impl WordHash {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for WordHash {
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(word);
+            self.add(u64::from_le_bytes(le));
         }
-        self.0 = h;
+        let mut last = [0u8; 8];
+        last[..words.remainder().len()].copy_from_slice(words.remainder());
+        self.add(u64::from_le_bytes(last));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
     }
 
     fn finish(&self) -> u64 {
@@ -88,22 +106,23 @@ impl Hasher for Fnv1a {
 
 /// Lower-cases a Host value into `buf` and strips the port and a trailing dot.
 /// Returns None for values that cannot be a host name.
-fn normalize_host<'b>(host: &str, buf: &'b mut [u8; 256]) -> Option<&'b str> {
-    let host = if let Some(rest) = host.strip_prefix('[') {
+fn normalize_host<'b>(host: &str, buf: &'b mut [u8; 256]) -> Option<&'b [u8]> {
+    let bytes = host.as_bytes();
+    let host = if bytes.first() == Some(&b'[') {
         // IPv6 literal: "[::1]:8080" -> "[::1]"
-        let end = rest.find(']')?;
-        &host[..end + 2]
+        &bytes[..=bytes.iter().position(|&b| b == b']')?]
     } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
+        // A host name holds no ':', so the first one starts the port.
+        &bytes[..bytes.iter().position(|&b| b == b':').unwrap_or(bytes.len())]
     };
-    let host = host.strip_suffix('.').unwrap_or(host);
+    let host = host.strip_suffix(b".").unwrap_or(host);
     if host.is_empty() || host.len() > buf.len() {
         return None;
     }
     let out = &mut buf[..host.len()];
-    out.copy_from_slice(host.as_bytes());
+    out.copy_from_slice(host);
     out.make_ascii_lowercase();
-    std::str::from_utf8(out).ok()
+    Some(out)
 }
 
 #[cfg(test)]
@@ -155,6 +174,9 @@ mod tests {
         assert_eq!(t.find(Some("EXAMPLE.com:8080"), "/"), Some(0));
         assert_eq!(t.find(Some("example.com."), "/"), Some(0));
         assert_eq!(t.find(Some("[::1]:80"), "/"), Some(1));
+        assert_eq!(t.find(Some("[::1]"), "/"), Some(1));
+        assert_eq!(t.find(Some(&"a".repeat(300)), "/"), None);
+        assert_eq!(t.find(Some(":80"), "/"), None);
     }
 
     #[test]
