@@ -35,7 +35,20 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop fields. With `upgrade`, keeps `Upgrade` and sets
 /// `Connection: upgrade`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
+    // One pass over the names finds what is there: most messages carry at
+    // most a Connection field, and a lookup per absent name costs a hash each.
+    let (mut connection, mut upgrade_field, mut fixed) = (false, false, false);
+    for name in headers.keys() {
+        match name.as_str() {
+            "connection" => connection = true,
+            "upgrade" => upgrade_field = true,
+            "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "proxy-authorization" => {
+                fixed = true
+            }
+            _ => {}
+        }
+    }
+    if connection {
         // Fields named in any Connection value are hop-by-hop too. Browsers
         // and most servers send only `keep-alive` or `close`: copy the values
         // (cloning a HeaderValue only bumps a reference count) only when some
@@ -51,17 +64,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRAILER, &header::TRANSFER_ENCODING] {
-        if headers.contains_key(name) {
+    if fixed {
+        for name in [
+            &KEEP_ALIVE,
+            &PROXY_CONNECTION,
+            &header::TE,
+            &header::TRAILER,
+            &header::TRANSFER_ENCODING,
+            &header::PROXY_AUTHORIZATION,
+        ] {
             headers.remove(name);
         }
     }
-    if headers.contains_key(header::PROXY_AUTHORIZATION) {
-        headers.remove(header::PROXY_AUTHORIZATION);
-    }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if headers.contains_key(header::UPGRADE) {
+    } else if upgrade_field {
         headers.remove(header::UPGRADE);
     }
 }
@@ -98,6 +115,8 @@ pub struct Forwarded<'a> {
 /// comma-separated); `-Proto`, `-Host`, `X-Cutover-*` are set by the proxy and
 /// replace whatever the client sent.
 pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarded<'_>) {
+    // Room for the six fields at once: one growth of the map, not several.
+    headers.reserve(6);
     append_list(headers, &X_FORWARDED_FOR, f.client_ip);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if f.tls { "https" } else { "http" }));
     match headers.get(header::HOST).cloned() {

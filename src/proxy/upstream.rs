@@ -150,6 +150,7 @@ pub async fn connect(backend: &Backend, timeout: Duration) -> Result<Sender, Ups
     let attempt = async {
         let io = open(backend).await?;
         let (sender, conn) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| UpstreamError::connect(UpstreamErrorKind::Connect, error_chain(&e)))?;
