@@ -282,9 +282,10 @@ impl Metrics {
         self.config_info.with_label_values(&[hash]).set(1);
     }
 
-    /// Resets `cutover_route_info` so a changed pool pair leaves no stale series.
-    pub fn clear_route_info(&self) {
-        self.route_info.reset();
+    /// Removes a route's `cutover_route_info` series, so a changed pool pair
+    /// leaves no stale one; [`Metrics::route`] sets the new one.
+    pub fn clear_route_info(&self, route: &str) {
+        remove_matching(&self.route_info, "route", route);
     }
 }
 

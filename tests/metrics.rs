@@ -357,6 +357,44 @@ async fn reload_removes_a_removed_routes_series_and_changes_the_config_hash() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_relabels_a_route_whose_pools_changed_and_keeps_the_counts_of_the_rest() {
+    let (stable, canary) = (app("stable").await, app("canary").await);
+    let api = "[[routes]]\nname = \"api\"\nhost = \"api.example.com\"\nstable = \"stable\"\ncanary = \"canary\"\nweight = 0\n";
+    let before = config(stable.addr, canary.addr, 0.0, LOG_OFF).replace("[[routes]]", &format!("{api}\n[[routes]]"));
+    let proxy = Proxy::start(&before);
+    let mut client = Client::connect(proxy.addr()).await;
+    for host in ["example.com", "example.com", "api.example.com"] {
+        let req = Request::get("/").header("host", host).body(empty()).unwrap();
+        assert_eq!(client.send(req).await.status, StatusCode::OK);
+    }
+
+    // "web" now has no canary; "api" is unchanged.
+    let web_without_canary = config(stable.addr, canary.addr, 0.0, LOG_OFF)
+        .replace("canary = \"canary\"\nweight = 0", "weight = 0")
+        .replace("[[routes]]", &format!("{api}\n[[routes]]"));
+    std::fs::write(&proxy.config_path, web_without_canary.replace("{dir}", &proxy.dir.path().display().to_string()))
+        .unwrap();
+    let (status, body) = proxy.admin_call(Method::POST, "/v1/reload", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let m = scrape(&proxy).await;
+    let info: Vec<&str> = m.lines().filter(|l| l.starts_with("cutover_route_info{")).collect();
+    for want in [
+        r#"cutover_route_info{canary="",route="web",stable="stable"} 1"#,
+        r#"cutover_route_info{canary="canary",route="api",stable="stable"} 1"#,
+    ] {
+        assert!(info.contains(&want), "no {want} in {info:#?}");
+    }
+    assert_eq!(info.len(), 2, "one route_info series per route: {info:#?}");
+    assert!(!m.contains(r#"cutover_route_info{canary="canary",route="web""#), "stale pool labels:\n{m}");
+    // The unchanged route's counters carry on across the reload.
+    let api_ok = series("cutover_requests_total", &[("route", "api"), ("version", "stable"), ("code", "200")]);
+    assert_eq!(metric(&m, &api_ok), 1.0, "{m}");
+    let req = Request::get("/").header("host", "api.example.com").body(empty()).unwrap();
+    assert_eq!(client.send(req).await.status, StatusCode::OK);
+    assert_eq!(metric(&proxy.metrics(), &api_ok), 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_lines_are_json_with_every_field_and_exact_bytes() {
     let (stable, canary) = (app("stable").await, app("canary").await);
     let log = "[log]\naccess = \"json\"\naccess_path = \"{dir}/logs/access.log\"\n";

@@ -732,13 +732,14 @@ impl Control {
     fn record_load_success(&mut self) {
         self.metrics.config_reloads.with_label_values(&["success"]).inc();
         self.metrics.config_last_success.set(unix_now());
-        self.metrics.set_config_hash(&self.config.fingerprint());
+        let hash = self.config.fingerprint();
+        self.metrics.set_config_hash(&hash);
         self.last_reload = ReloadStatus {
             ok: true,
             time: Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string()),
             error: None,
             failures: self.last_reload.failures,
-            config_hash: self.config.fingerprint(),
+            config_hash: hash,
             changed: false,
         };
     }
@@ -789,7 +790,7 @@ impl Control {
         self.events.push(NewEvent {
             actor: actor.to_string(),
             kind: "reload".into(),
-            after: Some(self.config.fingerprint()),
+            after: Some(self.last_reload.config_hash.clone()),
             detail: Some(if changes.is_empty() { "no routing change".into() } else { changes.join("; ") }),
             ..Default::default()
         });
@@ -851,10 +852,9 @@ impl Control {
                     route.canary.as_deref().unwrap_or("-")
                 ));
                 self.route_metrics.remove(&route.name);
+                self.metrics.clear_route_info(&route.name);
             }
         }
-        self.metrics.clear_route_info();
-        self.route_metrics.clear();
         restart_notes(&old, &config, &mut changes);
         self.live = live;
         self.upstream_tls = upstream_tls;
