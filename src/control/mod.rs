@@ -641,7 +641,8 @@ impl Control {
     }
 
     fn restart_rollout_windows(&mut self) {
-        let names: Vec<String> = self.live.keys().cloned().collect();
+        let names: Vec<String> =
+            self.live.iter().filter(|(_, l)| l.rollout.is_some()).map(|(name, _)| name.clone()).collect();
         for name in names {
             let baseline = self.totals(&name);
             if let Some(r) = self.live.get_mut(&name).and_then(|l| l.rollout.as_mut()) {
