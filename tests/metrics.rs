@@ -471,6 +471,57 @@ async fn access_log_lines_are_json_with_every_field_and_exact_bytes() {
     assert_eq!(metric(&proxy.metrics(), "cutover_access_log_dropped_total"), 0.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_errors_name_the_backend_tried_and_count_the_assignment_when_every_pool_is_down() {
+    let (dead_stable, dead_canary) = (dead_addr(), dead_addr());
+    let extra = "[log]\naccess = \"json\"\naccess_path = \"{dir}/logs/access.log\"\n\n[retries]\nattempts = 0\n";
+    let eject = "eject = { after = 1, base = \"60s\", max = \"60s\" }";
+    let proxy = Proxy::start(
+        &config(dead_stable, dead_canary, 0.0, extra)
+            .replace("[pools.stable]", &format!("[pools.stable]\n{eject}"))
+            .replace("[pools.canary]", &format!("[pools.canary]\n{eject}")),
+    );
+    let ejected = |pool: &str, addr: SocketAddr| {
+        let healthy = series("cutover_backend_healthy", &[("pool", pool), ("backend", &addr.to_string())]);
+        let proxy = &proxy;
+        async move { eventually(Duration::from_secs(5), || proxy.metrics().contains(&format!("{healthy} 0"))).await }
+    };
+    // Stable refuses the connection: 502, and stable is ejected.
+    assert_eq!(get(proxy.addr(), "/", &[("x-user-id", "u1")]).await.status, StatusCode::BAD_GATEWAY);
+    assert!(ejected("stable", dead_stable).await);
+    // The fallback to the canary is refused too: 502, and the canary is ejected.
+    assert_eq!(get(proxy.addr(), "/", &[("x-user-id", "u1")]).await.status, StatusCode::BAD_GATEWAY);
+    assert!(ejected("canary", dead_canary).await);
+    // Both pools down: 502 without an attempt, still an assignment.
+    let got = get(proxy.addr(), "/", &[("x-user-id", "u1")]).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(got.body, "502 Bad Gateway: no healthy backend\n");
+
+    let m = proxy.metrics();
+    assert_eq!(assignments(&m, "stable", "header"), 2.0, "{m}");
+    assert_eq!(assignments(&m, "canary", "fallback"), 1.0, "{m}");
+    assert_eq!(requests(&m, "stable", "502"), 2.0);
+    assert_eq!(requests(&m, "canary", "502"), 1.0);
+
+    let path = proxy.dir.path().join("logs/access.log");
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(eventually(Duration::from_secs(5), || read().lines().count() >= 3).await, "log: {}", read());
+    let lines: Vec<serde_json::Value> = read().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let summary: Vec<_> = lines
+        .iter()
+        .map(|l| (l["status"].as_u64().unwrap(), l["version"].as_str(), l["reason"].as_str(), l["backend"].as_str()))
+        .collect();
+    let (stable_text, canary_text) = (dead_stable.to_string(), dead_canary.to_string());
+    assert_eq!(
+        summary,
+        vec![
+            (502, Some("stable"), Some("header"), Some(stable_text.as_str())),
+            (502, Some("canary"), Some("fallback"), Some(canary_text.as_str())),
+            (502, Some("stable"), Some("header"), None),
+        ]
+    );
+}
+
 /// Every string under an `expr` key, anywhere in the dashboard.
 fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
     match value {

@@ -114,11 +114,13 @@ async fn serve(
                 "404 Not Found: no route for this host and path\n",
             );
         }
-        Outcome::Unavailable { route, assigned } => {
+        Outcome::Unavailable { route, assigned, reason, new_key } => {
             let metrics = snap.routes[route].metrics.version(assigned).clone();
-            let mut ctx = Context::new(worker, conn, snap, &req, start, metrics, None);
+            metrics.assigned(reason);
+            let mut ctx = Context::new(worker, conn, snap, &req, start, metrics, new_key);
             ctx.route = Some(route);
             ctx.version = Some(assigned);
+            ctx.reason = Some(reason);
             return ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: no healthy backend\n");
         }
     };
@@ -148,6 +150,8 @@ struct Context<'a> {
     /// Only kept when the access log is on.
     path: Option<String>,
     new_key: Option<routing::MintedKey>,
+    /// The backend of the last attempt, for the access log of a proxy error.
+    backend: Option<Arc<str>>,
 }
 
 impl<'a> Context<'a> {
@@ -172,6 +176,7 @@ impl<'a> Context<'a> {
             method: req.method().clone(),
             path: worker.shared.access_log.as_ref().map(|_| req.uri().path().to_string()),
             new_key,
+            backend: None,
         }
     }
 
@@ -197,7 +202,7 @@ impl<'a> Context<'a> {
         self.metrics.response(status.as_u16(), self.start.elapsed().as_secs_f64());
         let bytes_out = text.len() as u64;
         if let (Some(log), Some(record)) =
-            (&self.worker.shared.access_log, self.record(status.as_u16(), None, 0, bytes_out))
+            (&self.worker.shared.access_log, self.record(status.as_u16(), self.backend.clone(), 0, bytes_out))
         {
             log.log(record);
         }
@@ -465,6 +470,9 @@ async fn forward(
         None => return ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: no healthy backend\n"),
     };
     loop {
+        if ctx.path.is_some() {
+            ctx.backend = Some(backend.authority.clone());
+        }
         let inflight = InFlight::new(&backend);
         match send(worker, &backend, request, snap, fresh).await {
             Ok((resp, sender)) => {

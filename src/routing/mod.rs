@@ -198,10 +198,13 @@ pub enum Outcome {
     Routed(Decision),
     /// No route matches the host and path.
     NoRoute,
-    /// Neither of the route's pools has a healthy backend.
+    /// Neither of the route's pools has a healthy backend. The user is still
+    /// assigned (and counted, and keeps a minted key): a 502 follows.
     Unavailable {
         route: usize,
         assigned: Version,
+        reason: Reason,
+        new_key: Option<MintedKey>,
     },
 }
 
@@ -249,7 +252,7 @@ pub fn decide(rules: &Rules, head: &Head<'_>, fresh_id: impl FnOnce() -> u64) ->
     let (version, pool, reason) = match (up(assigned), up(assigned.other())) {
         (Some(pool), _) => (assigned, pool, reason),
         (None, Some(pool)) => (assigned.other(), pool, Reason::Fallback),
-        (None, None) => return Outcome::Unavailable { route: route_index, assigned },
+        (None, None) => return Outcome::Unavailable { route: route_index, assigned, reason, new_key: minted },
     };
     Outcome::Routed(Decision {
         route: route_index,
