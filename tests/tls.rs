@@ -636,6 +636,74 @@ async fn websocket_echo_both_ways_and_close_over_http11_and_tls() {
     assert_eq!(metric(&metrics, r#"cutover_requests_total{code="101",route="web",version="stable"}"#), 2.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_by_extended_connect_reaches_an_http11_backend() {
+    let (stable, canary) = (websocket_backend().await, Backend::named("canary").await);
+    let proxy = Proxy::start(&two_pool_config(stable.addr, canary.addr, 0.0, ""));
+    let mut h2 = h2_handshake(TcpStream::connect(proxy.addr()).await.unwrap()).await;
+    // One plain request first, so the server's SETTINGS (with
+    // ENABLE_CONNECT_PROTOCOL) have arrived before the CONNECT.
+    let plain = h2.send_request(Request::get("http://example.com/").body(empty()).unwrap()).await.unwrap();
+    assert_eq!(plain.status(), StatusCode::BAD_REQUEST, "the websocket backend answers plain requests with 400");
+
+    let mut req = Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("http://example.com/chat")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-protocol", "chat")
+        .body(empty())
+        .unwrap();
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut resp = tokio::time::timeout(LIMIT, h2.send_request(req)).await.expect("in time").expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    for hop_only in ["connection", "upgrade", "sec-websocket-accept"] {
+        assert!(!resp.headers().contains_key(hop_only), "{hop_only} in {:?}", resp.headers());
+    }
+    let mut io = TokioIo::new(hyper::upgrade::on(&mut resp).await.expect("the stream becomes the tunnel"));
+
+    assert_eq!(next_frame(&mut io).await, (TEXT, b"welcome".to_vec()), "server to client");
+    let mask = Some([9, 8, 7, 6]);
+    io.write_all(&frame(TEXT, b"hello over h2", mask)).await.unwrap();
+    assert_eq!(next_frame(&mut io).await, (TEXT, b"hello over h2".to_vec()), "client to server and back");
+    io.write_all(&frame(CLOSE, &1000u16.to_be_bytes(), mask)).await.unwrap();
+    assert_eq!(next_frame(&mut io).await, (CLOSE, 1000u16.to_be_bytes().to_vec()));
+
+    let seen = stable.last_seen();
+    assert_eq!(seen.method, http::Method::GET);
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(seen.uri, "/chat");
+    assert_eq!(seen.headers.get(header::UPGRADE).unwrap(), "websocket");
+    assert_eq!(seen.headers.get(header::CONNECTION).unwrap(), "upgrade");
+    assert_eq!(seen.headers.get("sec-websocket-version").unwrap(), "13");
+    assert_eq!(seen.headers.get("sec-websocket-protocol").unwrap(), "chat");
+    let key = seen.headers.get("sec-websocket-key").expect("a key for the HTTP/1.1 leg");
+    assert_eq!(key.len(), 24, "base64 of 16 bytes: {key:?}");
+    let metrics = proxy.metrics();
+    assert_eq!(metric(&metrics, r#"cutover_requests_total{code="200",route="web",version="stable"}"#), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_to_a_backend_that_does_not_switch_is_a_502() {
+    let (stable, canary) = (Backend::named("stable").await, Backend::named("canary").await);
+    let proxy = Proxy::start(&two_pool_config(stable.addr, canary.addr, 0.0, ""));
+    let mut h2 = h2_handshake(TcpStream::connect(proxy.addr()).await.unwrap()).await;
+    let plain = h2.send_request(Request::get("http://example.com/").body(empty()).unwrap()).await.unwrap();
+    assert_eq!(plain.status(), StatusCode::OK);
+    let mut req = Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("http://example.com/chat")
+        .header("sec-websocket-version", "13")
+        .body(empty())
+        .unwrap();
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let got = collect(h2.send_request(req).await.expect("response")).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(got.body, "502 Bad Gateway: the backend did not switch protocols\n");
+    // A CONNECT that is not a WebSocket stays refused.
+    let tunnel = Request::builder().method(http::Method::CONNECT).uri("example.com:443").body(empty()).unwrap();
+    assert_eq!(collect(h2.send_request(tunnel).await.expect("response")).await.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
 // ---------------------------------------------------------------- TLS to backends
 
 /// An HTTP/1.1 backend behind TLS with `pem`; records the SNI it was asked for.

@@ -32,6 +32,50 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Whether an HTTP/2 request opens a WebSocket by extended CONNECT
+/// (RFC 8441): `:method CONNECT` with `:protocol websocket`.
+pub fn is_h2_websocket<B>(req: &http::Request<B>) -> bool {
+    req.method() == http::Method::CONNECT
+        && req.version() == http::Version::HTTP_2
+        && req.extensions().get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Turns the head of an RFC 8441 WebSocket request into an HTTP/1.1 upgrade
+/// request for the backend: GET with `Upgrade: websocket` and a fresh
+/// `Sec-WebSocket-Key` (an HTTP/2 client sends none). The client's
+/// `Sec-WebSocket-Version`, `-Protocol` and `-Extensions` pass through.
+pub fn h2_websocket_to_http11(method: &mut http::Method, headers: &mut HeaderMap, key: [u8; 16]) {
+    *method = http::Method::GET;
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(value) = HeaderValue::from_str(&base64(&key)) {
+        headers.insert(header::SEC_WEBSOCKET_KEY, value);
+    }
+}
+
+/// The backend's `101 Switching Protocols` as the HTTP/2 client's `200`:
+/// without the fields that only mean something on HTTP/1.1 (RFC 8441 §5).
+pub fn http11_upgrade_to_h2_websocket(status: &mut http::StatusCode, headers: &mut HeaderMap) {
+    *status = http::StatusCode::OK;
+    for name in [header::CONNECTION, header::UPGRADE, header::SEC_WEBSOCKET_ACCEPT, header::CONTENT_LENGTH] {
+        headers.remove(name);
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 §4).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..4 {
+            let sextet = (n >> (18 - 6 * i)) & 63;
+            out.push(if i <= chunk.len() { char::from(ALPHABET[sextet as usize]) } else { '=' });
+        }
+    }
+    out
+}
+
 /// Removes hop-by-hop fields. With `upgrade`, keeps `Upgrade` and sets
 /// `Connection: upgrade`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
@@ -233,6 +277,40 @@ mod tests {
         assert_eq!(h.get("x-cutover-version").unwrap(), "stable");
         assert_eq!(h.get("x-cutover-route").unwrap(), "web");
         assert_eq!(h.get("host").unwrap(), "shop.example.com");
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        let vectors =
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("foobar", "Zm9vYmFy")];
+        for (input, want) in vectors {
+            assert_eq!(base64(input.as_bytes()), want);
+        }
+        assert_eq!(base64(b"the sample nonce"), "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+
+    #[test]
+    fn h2_websocket_becomes_an_http11_upgrade_and_back() {
+        let mut method = http::Method::CONNECT;
+        let mut h = map(&[("sec-websocket-version", "13"), ("sec-websocket-protocol", "chat")]);
+        h2_websocket_to_http11(&mut method, &mut h, *b"the sample nonce");
+        assert_eq!(method, http::Method::GET);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert_eq!(h.get("sec-websocket-key").unwrap(), "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(h.get("sec-websocket-protocol").unwrap(), "chat");
+
+        let mut status = http::StatusCode::SWITCHING_PROTOCOLS;
+        let mut h = map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            ("sec-websocket-protocol", "chat"),
+        ]);
+        http11_upgrade_to_h2_websocket(&mut status, &mut h);
+        assert_eq!(status, http::StatusCode::OK);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["sec-websocket-protocol"]);
     }
 
     #[test]

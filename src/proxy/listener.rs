@@ -112,7 +112,9 @@ impl Worker {
             .max_concurrent_streams(250)
             .max_header_list_size(64 * 1024)
             .keep_alive_interval(Some(Duration::from_secs(20)))
-            .keep_alive_timeout(Duration::from_secs(20));
+            .keep_alive_timeout(Duration::from_secs(20))
+            // RFC 8441: WebSocket over HTTP/2 by extended CONNECT.
+            .enable_connect_protocol();
         Worker {
             snapshot: RefCell::new(Cache::new(SnapshotCell(shared.clone()))),
             shared,

@@ -89,7 +89,7 @@ async fn serve(
     if req.version() == HttpVersion::HTTP_11 && host.is_none() {
         return local(worker, conn, &req, start, StatusCode::BAD_REQUEST, "400 Bad Request: missing Host header\n");
     }
-    if req.method() == Method::CONNECT {
+    if req.method() == Method::CONNECT && !headers::is_h2_websocket(&req) {
         return local(worker, conn, &req, start, StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed: CONNECT\n");
     }
     if let Some(enroll) = &snap.config.beta.enroll_path
@@ -415,7 +415,8 @@ async fn forward(
     ctx.reason = Some(d.reason);
 
     // Phase 3: the upstream head.
-    let upgrade = headers::is_upgrade(req.headers());
+    let h2_websocket = headers::is_h2_websocket(&req);
+    let upgrade = h2_websocket || headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
@@ -428,6 +429,9 @@ async fn forward(
         }
     }
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    if h2_websocket {
+        headers::h2_websocket_to_http11(&mut parts.method, &mut parts.headers, rand::random());
+    }
     parts.headers.remove(header::EXPECT);
     headers::add_forwarding(
         &mut parts.headers,
@@ -479,7 +483,7 @@ async fn forward(
                 if backend.failures.load(Ordering::Relaxed) != 0 {
                     backend.failures.store(0, Ordering::Relaxed);
                 }
-                return respond(ctx, resp, sender, inflight, client_upgrade, bytes_in);
+                return respond(ctx, resp, sender, inflight, client_upgrade.map(|c| (c, h2_websocket)), bytes_in);
             }
             Err(failure) => {
                 let error = failure.error;
@@ -617,16 +621,30 @@ fn respond(
     mut resp: Response<Incoming>,
     sender: Sender,
     inflight: InFlight,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<(hyper::upgrade::OnUpgrade, bool)>,
     bytes_in: Rc<Cell<u64>>,
 ) -> Response<ResponseBody> {
-    let status = resp.status();
+    if let Some((_, true)) = client_upgrade
+        && resp.status().is_success()
+    {
+        // An HTTP/2 client's CONNECT cannot take a 2xx with a body in place of the tunnel.
+        drop((sender, inflight));
+        return ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: the backend did not switch protocols\n");
+    }
+    let mut h2_websocket = false;
     let tunnel = match client_upgrade {
-        Some(client) if status == StatusCode::SWITCHING_PROTOCOLS => Some((client, hyper::upgrade::on(&mut resp))),
+        Some((client, h2)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            h2_websocket = h2;
+            Some((client, hyper::upgrade::on(&mut resp)))
+        }
         _ => None,
     };
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, tunnel.is_some());
+    if h2_websocket {
+        headers::http11_upgrade_to_h2_websocket(&mut parts.status, &mut parts.headers);
+    }
+    let status = parts.status;
     let worker = ctx.worker.clone();
     let backend = inflight.0.authority.clone();
     let finish = Finish {
