@@ -8,7 +8,8 @@
 # canary by the sticky cookie `cutover_id`; keep-alive to the backends; no
 # access log. The load generator and the backends share LOAD_CPU. Proxies
 # run in interleaved rounds (the order rotates each round), each started
-# fresh, warmed up, then measured; the summary shows medians over rounds.
+# fresh, warmed up, then measured; the summary shows medians over rounds,
+# with the proxy's own CPU time per request split into user and sys.
 #
 # Usage: benches/compare.sh [section...]    sections: http tls h2 idle reload
 #                                           (default: all of them)
@@ -97,13 +98,15 @@ tree() { # pid -> pid and its children
     pgrep -P "$1" || true
 }
 
-cpu_ticks() { # pid -> utime + stime of the process tree
-    local total=0 p
+cpu_ticks() { # pid -> "utime stime" of the process tree, in clock ticks
+    local user=0 sys=0 p u s
     for p in $(tree "$1"); do
         [[ -r /proc/$p/stat ]] || continue
-        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
+        read -r u s < <(awk '{ print $14, $15 }' "/proc/$p/stat")
+        user=$((user + u))
+        sys=$((sys + s))
     done
-    echo "$total"
+    echo "$user $sys"
 }
 
 mem_kb() { # pid field(VmHWM|VmRSS) -> sum over the process tree, KiB
@@ -190,12 +193,17 @@ measure() { # section proxy round
         p99=$(ms "$(awk '$1 == "99%" { print $2 }' "$out")")
         errors=$(awk '/Non-2xx/ { n += $NF } /Socket errors/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$out")
     fi
-    local cpu
-    cpu=$(awk -v t=$((after - before)) -v hz="$hz" 'BEGIN { printf "%.2f", t / hz }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$proxy" "$round" "${rps:-0}" "$p50" "$p99" \
-        "${errors:-0}" "$(mem_kb "$PROXY_PID" VmHWM)" "$cpu" >>"$RESULTS"
-    printf '  %-8s round %s: %10s req/s  p50 %7s ms  p99 %7s ms  errors %s  proxy CPU %ss  load %s\n' \
-        "$proxy" "$round" "${rps:-0}" "$p50" "$p99" "${errors:-0}" "$cpu" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    local cpu user sys u0 s0 u1 s1
+    read -r u0 s0 <<<"$before"
+    read -r u1 s1 <<<"$after"
+    seconds() { awk -v t="$1" -v hz="$hz" 'BEGIN { printf "%.2f", t / hz }'; }
+    cpu=$(seconds $((u1 - u0 + s1 - s0)))
+    user=$(seconds $((u1 - u0)))
+    sys=$(seconds $((s1 - s0)))
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$proxy" "$round" "${rps:-0}" "$p50" \
+        "$p99" "${errors:-0}" "$(mem_kb "$PROXY_PID" VmHWM)" "$cpu" "$user" "$sys" >>"$RESULTS"
+    printf '  %-8s round %s: %10s req/s  p50 %7s ms  p99 %7s ms  errors %s  proxy CPU %ss (user %s, sys %s)  load %s\n' \
+        "$proxy" "$round" "${rps:-0}" "$p50" "$p99" "${errors:-0}" "$cpu" "$user" "$sys" "$(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
 summary() { # section
@@ -209,15 +217,21 @@ for r in rows:
 med = lambda rs, i: statistics.median(float(r[i]) for r in rs)
 base = med(by["nginx"], 3) if "nginx" in by else None
 latency = ("mean ms", "max ms") if section == "h2" else ("p50 ms", "p99 ms")
-print(f"| {section} | req/s | {latency[0]} | {latency[1]} | errors | peak RSS MiB | req per proxy CPU-s | req/s vs nginx |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
+print(f"| {section} | req/s | {latency[0]} | {latency[1]} | errors | peak RSS MiB | req per proxy CPU-s "
+      "| user µs/req | sys µs/req | req/s vs nginx |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+def per_request(rs, i):
+    # The proxy's CPU seconds of kind i per request, in microseconds.
+    values = [float(r[i]) * 1e6 / (float(r[3]) * duration) for r in rs if float(r[3]) > 0]
+    return f"{statistics.median(values):.1f}" if values else "-"
 for proxy, rs in by.items():
     rps = med(rs, 3)
     cpu = [float(r[3]) * duration / float(r[8]) for r in rs if float(r[8]) > 0]
     per_cpu = f"{statistics.median(cpu):,.0f}" if cpu else "-"
     ratio = f"{rps / base:.2f}x" if base else "-"
     print(f"| {proxy} | {rps:,.0f} | {med(rs, 4):.2f} | {med(rs, 5):.2f} | {sum(int(r[6]) for r in rs)} "
-          f"| {max(float(r[7]) for r in rs) / 1024:.1f} | {per_cpu} | {ratio} |")
+          f"| {max(float(r[7]) for r in rs) / 1024:.1f} | {per_cpu} | {per_request(rs, 9)} | {per_request(rs, 10)} "
+          f"| {ratio} |")
 EOF
 }
 
