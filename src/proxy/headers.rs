@@ -40,24 +40,26 @@ pub fn is_h2_websocket<B>(req: &http::Request<B>) -> bool {
         && req.extensions().get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }
 
-/// Turns the head of an RFC 8441 WebSocket request into an HTTP/1.1 upgrade
-/// request for the backend: GET with `Upgrade: websocket` and a fresh
-/// `Sec-WebSocket-Key` (an HTTP/2 client sends none). The client's
-/// `Sec-WebSocket-Version`, `-Protocol` and `-Extensions` pass through.
+/// Turns the head of an RFC 8441 WebSocket request, after
+/// [`remove_hop_by_hop`] for an upgrade (which sets `Connection: upgrade`),
+/// into an HTTP/1.1 upgrade request for the backend: GET with
+/// `Upgrade: websocket` and a fresh `Sec-WebSocket-Key` (an HTTP/2 client
+/// sends none). The client's `Sec-WebSocket-Version`, `-Protocol` and
+/// `-Extensions` pass through.
 pub fn h2_websocket_to_http11(method: &mut http::Method, headers: &mut HeaderMap, key: [u8; 16]) {
     *method = http::Method::GET;
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     if let Ok(value) = HeaderValue::from_str(&base64(&key)) {
         headers.insert(header::SEC_WEBSOCKET_KEY, value);
     }
 }
 
-/// The backend's `101 Switching Protocols` as the HTTP/2 client's `200`:
-/// without the fields that only mean something on HTTP/1.1 (RFC 8441 §5).
+/// The backend's `101 Switching Protocols`, its hop-by-hop fields (`Upgrade`
+/// and `Connection` among them) removed by [`remove_hop_by_hop`] as for any
+/// response, as the HTTP/2 client's `200` (RFC 8441 §5).
 pub fn http11_upgrade_to_h2_websocket(status: &mut http::StatusCode, headers: &mut HeaderMap) {
     *status = http::StatusCode::OK;
-    for name in [header::CONNECTION, header::UPGRADE, header::SEC_WEBSOCKET_ACCEPT, header::CONTENT_LENGTH] {
+    for name in [header::SEC_WEBSOCKET_ACCEPT, header::CONTENT_LENGTH] {
         headers.remove(name);
     }
 }
@@ -291,8 +293,10 @@ mod tests {
 
     #[test]
     fn h2_websocket_becomes_an_http11_upgrade_and_back() {
+        // The order of the request path: hygiene for an upgrade, then the translation.
         let mut method = http::Method::CONNECT;
         let mut h = map(&[("sec-websocket-version", "13"), ("sec-websocket-protocol", "chat")]);
+        remove_hop_by_hop(&mut h, true);
         h2_websocket_to_http11(&mut method, &mut h, *b"the sample nonce");
         assert_eq!(method, http::Method::GET);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
@@ -307,6 +311,7 @@ mod tests {
             ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
             ("sec-websocket-protocol", "chat"),
         ]);
+        remove_hop_by_hop(&mut h, false);
         http11_upgrade_to_h2_websocket(&mut status, &mut h);
         assert_eq!(status, http::StatusCode::OK);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();

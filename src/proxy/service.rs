@@ -615,7 +615,8 @@ async fn send(
     }
 }
 
-/// Phase 5: the response to the client.
+/// Phase 5: the response to the client. `client_upgrade` is the client side of
+/// a requested upgrade, with whether it is a WebSocket over HTTP/2 (RFC 8441).
 fn respond(
     ctx: Context<'_>,
     mut resp: Response<Incoming>,
@@ -624,24 +625,23 @@ fn respond(
     client_upgrade: Option<(hyper::upgrade::OnUpgrade, bool)>,
     bytes_in: Rc<Cell<u64>>,
 ) -> Response<ResponseBody> {
-    if let Some((_, true)) = client_upgrade
-        && resp.status().is_success()
-    {
+    let h2_websocket = matches!(client_upgrade, Some((_, true)));
+    if h2_websocket && resp.status().is_success() {
         // An HTTP/2 client's CONNECT cannot take a 2xx with a body in place of the tunnel.
         drop((sender, inflight));
         return ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: the backend did not switch protocols\n");
     }
-    let mut h2_websocket = false;
     let tunnel = match client_upgrade {
-        Some((client, h2)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            h2_websocket = h2;
+        Some((client, _)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
             Some((client, hyper::upgrade::on(&mut resp)))
         }
         _ => None,
     };
     let (mut parts, body) = resp.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers, tunnel.is_some());
-    if h2_websocket {
+    // An HTTP/1.1 client keeps `Upgrade` and `Connection: upgrade`; an HTTP/2
+    // client gets neither.
+    headers::remove_hop_by_hop(&mut parts.headers, tunnel.is_some() && !h2_websocket);
+    if tunnel.is_some() && h2_websocket {
         headers::http11_upgrade_to_h2_websocket(&mut parts.status, &mut parts.headers);
     }
     let status = parts.status;
