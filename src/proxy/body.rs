@@ -10,21 +10,57 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::h1;
 use super::service::Finish;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body as a client sends it: read by hyper (HTTP/2) or by the
+/// HTTP/1.1 server.
+pub enum ClientBody {
+    Hyper(Incoming),
+    H1(h1::RequestBody),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::H1(b) => b.size_hint(),
+        }
+    }
+}
 
 /// A request body on its way to a backend.
 pub enum RequestBody {
     /// The client sent no body; such a request can be sent again.
     Empty,
     /// The client's body, streamed, counting bytes for the access log.
-    Client { inner: Incoming, bytes: Rc<Cell<u64>> },
+    Client { inner: ClientBody, bytes: Rc<Cell<u64>> },
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Client { inner, bytes } => {

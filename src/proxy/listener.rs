@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, Cache};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -22,9 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Shared;
+use super::body::ClientBody;
 use super::client_timeouts::{Activity, ClientIo, Limits};
+use super::h1;
 use super::retry::RetryBudget;
 use super::service::{self, ConnInfo};
+use super::stream::MaybeTls;
 use super::upstream::Connections;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -91,7 +93,7 @@ pub struct Worker {
     snapshot: RefCell<Cache<SnapshotCell, Arc<Snapshot>>>,
     pub connections: Connections,
     pub budget: RetryBudget,
-    http: auto::Builder<LocalExec>,
+    http2: hyper::server::conn::http2::Builder<LocalExec>,
     started: Instant,
     tunnels: TaskTracker,
     stop: CancellationToken,
@@ -99,15 +101,8 @@ pub struct Worker {
 
 impl Worker {
     fn new(shared: Arc<Shared>, stop: CancellationToken) -> Worker {
-        let mut http = auto::Builder::new(LocalExec);
-        http.http1()
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            // hyper's header timer also runs on idle keep-alive time: client
-            // timeouts are ClientIo's (client_timeouts.rs).
-            .header_read_timeout(None)
-            .max_buf_size(64 * 1024);
-        http.http2()
+        let mut http2 = hyper::server::conn::http2::Builder::new(LocalExec);
+        http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(250)
             .max_header_list_size(64 * 1024)
@@ -120,7 +115,7 @@ impl Worker {
             shared,
             connections: Connections::default(),
             budget: RetryBudget::default(),
-            http,
+            http2,
             started: Instant::now(),
             tunnels: TaskTracker::new(),
             stop,
@@ -140,23 +135,66 @@ impl Worker {
         self.started.elapsed().as_secs()
     }
 
+    /// The worker drains: no new connections, no more keep-alive.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
     /// Copies bytes both ways between an upgraded client connection and an
     /// upgraded backend connection until either side closes. Tunnels are
     /// tracked so that a drain waits for them.
-    pub fn spawn_tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    pub fn spawn_tunnel(&self, client: ClientUpgrade, upstream: hyper::upgrade::OnUpgrade) {
         let stop = self.stop.clone();
         self.tunnels.spawn_local(async move {
-            let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else { return };
-            let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-                _ = stop.cancelled() => {
-                    // On drain, tunnels get the drain period to finish on their own.
-                    std::future::pending::<()>().await;
+            let Ok(upstream) = upstream.await else { return };
+            let upstream = TokioIo::new(upstream);
+            match client {
+                ClientUpgrade::Hyper(client) => {
+                    if let Ok(client) = client.await {
+                        tunnel(TokioIo::new(client), upstream, stop).await;
+                    }
+                }
+                ClientUpgrade::H1(client) => {
+                    if let Some(client) = client.stream().await {
+                        tunnel(client, upstream, stop).await;
+                    }
                 }
             }
         });
+    }
+}
+
+/// The client side of an upgrade: from hyper (HTTP/2 extended CONNECT) or
+/// from the HTTP/1.1 server.
+pub enum ClientUpgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    H1(h1::Upgrade),
+}
+
+impl ClientUpgrade {
+    pub fn of(req: &mut http::Request<ClientBody>) -> ClientUpgrade {
+        match req.extensions_mut().remove::<h1::Upgrade>() {
+            Some(upgrade) => ClientUpgrade::H1(upgrade),
+            None => ClientUpgrade::Hyper(hyper::upgrade::on(req)),
+        }
+    }
+}
+
+async fn tunnel<C, U>(mut client: C, mut upstream: U, stop: CancellationToken)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+        _ = stop.cancelled() => {
+            // On drain, tunnels get the drain period to finish on their own.
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -276,11 +314,11 @@ async fn accept_loop(
         connections.spawn_local(async move {
             open.inc();
             match tls {
-                None => serve(stream, peer, false, &worker).await,
+                None => h1::serve(MaybeTls::Plain(stream), peer, false, &worker).await,
                 Some(accept) => {
                     let timeout = worker.snapshot().config.timeouts.client_header;
                     match tokio::time::timeout(timeout, accept(stream)).await {
-                        Ok(Ok(tls_stream)) => serve(tls_stream, peer, true, &worker).await,
+                        Ok(Ok(tls_stream)) => h1::serve(MaybeTls::Tls(Box::new(tls_stream)), peer, true, &worker).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -292,11 +330,12 @@ async fn accept_loop(
     }
 }
 
-/// Serves one client connection (HTTP/1.1, or HTTP/2 by ALPN or prior
-/// knowledge) until it closes, stays idle for `client_idle`, or the worker drains.
-async fn serve<I>(io: I, peer: SocketAddr, tls: bool, worker: &Rc<Worker>)
+/// Serves one HTTP/2 client connection (by ALPN, or by prior knowledge as
+/// the HTTP/1.1 server found) until it closes, stays idle for
+/// `client_idle`, or the worker drains.
+pub async fn serve_h2<I>(io: I, peer: SocketAddr, tls: bool, worker: &Rc<Worker>)
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let activity = Arc::new(Activity::default());
     let limits = Limits::from(&worker.snapshot().config.timeouts);
@@ -305,17 +344,16 @@ where
     let svc = {
         let worker = worker.clone();
         let first_request = first_request.clone();
-        service_fn(move |req| {
+        service_fn(move |req: http::Request<hyper::body::Incoming>| {
             first_request.seen();
-            service::handle(worker.clone(), info.clone(), req)
+            service::handle(worker.clone(), info.clone(), req.map(ClientBody::Hyper))
         })
     };
     let io = ClientIo::new(io, activity.clone(), limits);
-    let conn = worker.http.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let conn = worker.http2.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let idle = tokio::select! {
         result = conn.as_mut() => {
-            // An upgraded connection lives on as a tunnel, without client timeouts.
             activity.stop();
             if let Err(e) = result {
                 tracing::debug!(error = %e, %peer, "client connection ended with an error");
@@ -323,10 +361,8 @@ where
             return;
         }
         _ = worker.stop.cancelled() => {
-            // HTTP/1 cannot tell a client "go away" before its first request:
-            // hyper would close a connection accepted just before the drain
-            // under the request on its way. Give it a moment to arrive; it is
-            // then answered with `Connection: close`.
+            // A connection accepted just before the drain gets a moment for
+            // its first request, which is answered before the GOAWAY.
             tokio::select! {
                 result = conn.as_mut() => {
                     activity.stop();
@@ -353,7 +389,7 @@ where
 
 /// How long a draining worker waits for the first request of a connection
 /// it accepted but has not yet read a request from.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// Whether a connection's first request has arrived.
 #[derive(Default)]

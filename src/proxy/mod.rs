@@ -10,10 +10,12 @@
 
 pub mod body;
 pub mod client_timeouts;
+pub mod h1;
 pub mod headers;
 pub mod listener;
 pub mod retry;
 pub mod service;
+pub mod stream;
 pub mod tls;
 pub mod upstream;
 

@@ -20,11 +20,12 @@ use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use super::body::{RequestBody, ResponseBody};
+use super::DataSignal;
+use super::body::{ClientBody, RequestBody, ResponseBody};
 use super::client_timeouts::{self as activity, Activity};
 use super::headers::{self, Forwarded};
+use super::listener::{ClientUpgrade, Worker};
 use super::upstream::{self, Sender, UpstreamError};
-use super::{DataSignal, listener::Worker};
 use crate::access_log::Record;
 use crate::metrics::{UpstreamErrorKind, VersionMetrics};
 use crate::routing::beta::BetaChoice;
@@ -66,7 +67,7 @@ static VIA_10: HeaderValue = HeaderValue::from_static("1.0 cutover");
 pub async fn handle(
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
     let started = activity::Started::new(&conn.activity);
@@ -81,7 +82,7 @@ async fn serve(
     worker: &Rc<Worker>,
     conn: &Rc<ConnInfo>,
     snap: &Arc<Snapshot>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     start: Instant,
 ) -> Response<ResponseBody> {
     // Phase 1: the head.
@@ -129,7 +130,7 @@ async fn serve(
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or
 /// the Host field.
-fn request_host(req: &Request<Incoming>) -> Option<std::borrow::Cow<'_, str>> {
+fn request_host(req: &Request<ClientBody>) -> Option<std::borrow::Cow<'_, str>> {
     if let Some(authority) = req.uri().authority() {
         return Some(authority.as_str().into());
     }
@@ -159,7 +160,7 @@ impl<'a> Context<'a> {
         worker: &'a Rc<Worker>,
         conn: &'a Rc<ConnInfo>,
         snap: &'a Arc<Snapshot>,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         start: Instant,
         metrics: Arc<VersionMetrics>,
         new_key: Option<routing::MintedKey>,
@@ -226,7 +227,7 @@ fn text_response(status: StatusCode, text: &'static str) -> Response<ResponseBod
 fn local(
     worker: &Rc<Worker>,
     conn: &Rc<ConnInfo>,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     start: Instant,
     status: StatusCode,
     text: &'static str,
@@ -240,7 +241,7 @@ fn local(
 fn log_unrouted(
     worker: &Rc<Worker>,
     conn: &Rc<ConnInfo>,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     start: Instant,
     status: StatusCode,
     bytes_out: u64,
@@ -283,7 +284,7 @@ fn enroll_response(
     worker: &Rc<Worker>,
     conn: &Rc<ConnInfo>,
     snap: &Snapshot,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     start: Instant,
 ) -> Response<ResponseBody> {
     let query = req.uri().query().unwrap_or("");
@@ -400,7 +401,7 @@ async fn forward(
     conn: &Rc<ConnInfo>,
     snap: &Arc<Snapshot>,
     d: Decision,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     start: Instant,
 ) -> Response<ResponseBody> {
     let route = &snap.routes[d.route];
@@ -417,7 +418,7 @@ async fn forward(
     // Phase 3: the upstream head.
     let h2_websocket = headers::is_h2_websocket(&req);
     let upgrade = h2_websocket || headers::is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.then(|| ClientUpgrade::of(&mut req));
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
     if client_version == HttpVersion::HTTP_2 {
@@ -622,7 +623,7 @@ fn respond(
     mut resp: Response<Incoming>,
     sender: Sender,
     inflight: InFlight,
-    client_upgrade: Option<(hyper::upgrade::OnUpgrade, bool)>,
+    client_upgrade: Option<(ClientUpgrade, bool)>,
     bytes_in: Rc<Cell<u64>>,
 ) -> Response<ResponseBody> {
     let h2_websocket = matches!(client_upgrade, Some((_, true)));

@@ -9,18 +9,15 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::body::RequestBody;
+use super::stream::MaybeTls;
 use crate::metrics::UpstreamErrorKind;
 use crate::snapshot::Backend;
 
@@ -132,14 +129,14 @@ pub async fn open(backend: &Backend) -> Result<UpstreamIo, UpstreamError> {
     .map_err(|e| UpstreamError::connect(UpstreamErrorKind::Connect, format!("connect {}: {e}", backend.authority)))?;
     let _ = tcp.set_nodelay(true);
     match &backend.tls {
-        None => Ok(UpstreamIo::Plain(tcp)),
+        None => Ok(MaybeTls::Plain(tcp)),
         Some(tls) => {
             let host = backend.authority.rsplit_once(':').map_or(&*backend.authority, |(h, _)| h);
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let stream = tls.connect(host, tcp).await.map_err(|e| {
                 UpstreamError::connect(UpstreamErrorKind::Connect, format!("TLS with {}: {e}", backend.authority))
             })?;
-            Ok(UpstreamIo::Tls(Box::new(stream)))
+            Ok(MaybeTls::Tls(Box::new(stream)))
         }
     }
 }
@@ -178,57 +175,4 @@ pub async fn ready(sender: &mut Sender, timeout: Duration) -> bool {
 }
 
 /// Plain TCP or TLS to a backend.
-pub enum UpstreamIo {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamIo::Plain(s) => s.is_write_vectored(),
-            UpstreamIo::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+pub type UpstreamIo = MaybeTls<TlsStream<TcpStream>>;

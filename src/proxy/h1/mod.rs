@@ -1,0 +1,455 @@
+//! The client-facing HTTP/1.1 server.
+//!
+//! Written for a proxy rather than taken from hyper's server for two reasons:
+//! an idle keep-alive connection holds no buffer (hyper keeps 16 KiB per
+//! connection: its read and write buffers), and a request costs one parse
+//! and one encode with nothing else around them. hyper still serves HTTP/2
+//! (by ALPN, or by prior knowledge: a connection that opens with the HTTP/2
+//! preface is handed over) and talks to the backends.
+//!
+//! A connection is one task. The request body reads the same stream, from
+//! whichever task forwards it, through [`Conn`]: the two never hold the
+//! stream across an await, and a response is written only by the
+//! connection's task. Read buffers come from a per-thread pool and go back
+//! to it whenever a connection waits for its next request with nothing
+//! buffered.
+
+mod decode;
+mod parse;
+mod write;
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncWrite;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use self::decode::{Decoder, Malformed, Step};
+use self::parse::Head;
+use self::write::{Meta, Written};
+use super::body::ClientBody;
+use super::client_timeouts::Activity;
+use super::listener::{self, Worker};
+use super::service::{self, ConnInfo};
+use super::stream::{Rewind, Stream};
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// Read buffers: allocated this size, topped up when less than `MIN_READ` is free.
+const READ_SIZE: usize = 8 * 1024;
+const MIN_READ: usize = 1024;
+/// Buffers kept per worker thread for the next connection that needs one.
+const POOLED: usize = 256;
+/// The most of an unread request body drained to keep a connection open.
+const MAX_DRAIN: u64 = 1024 * 1024;
+/// How long a closing connection reads what its client still sends, so
+/// that the last response is not lost to a reset (a lingering close).
+const LINGER: Duration = Duration::from_millis(500);
+
+thread_local! {
+    static READ_BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+fn pooled_buffer() -> BytesMut {
+    READ_BUFFERS.with_borrow_mut(Vec::pop).unwrap_or_else(|| BytesMut::with_capacity(READ_SIZE))
+}
+
+/// One client connection, shared by its task and the body of its current request.
+pub struct Conn {
+    /// `None` once the connection is closed (or handed to a tunnel).
+    io: RefCell<Option<Stream>>,
+    /// Bytes read and not yet consumed.
+    buf: RefCell<BytesMut>,
+    /// Where the current request's body stands.
+    decoder: Cell<Decoder>,
+    /// `Some(n)`: the client expects `100 Continue`, of which `n` bytes are written.
+    continue_sent: Cell<Option<usize>>,
+    /// The current request's body broke its framing (the client's fault).
+    malformed: Cell<Option<&'static str>>,
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "client connection closed")
+}
+
+impl Conn {
+    fn new(stream: Stream) -> Conn {
+        Conn {
+            io: RefCell::new(Some(stream)),
+            buf: RefCell::new(BytesMut::new()),
+            decoder: Cell::new(Decoder::Done),
+            continue_sent: Cell::new(None),
+            malformed: Cell::new(None),
+        }
+    }
+
+    fn with_io<R>(&self, f: impl FnOnce(Pin<&mut Stream>) -> Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        match self.io.borrow_mut().as_mut() {
+            Some(io) => f(Pin::new(io)),
+            None => Poll::Ready(Err(closed())),
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` is the end of the stream.
+    fn poll_fill(&self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut buf = self.buf.borrow_mut();
+        if buf.capacity() - buf.len() < MIN_READ {
+            if buf.capacity() == 0 {
+                *buf = pooled_buffer();
+            } else {
+                buf.reserve(READ_SIZE);
+            }
+        }
+        self.with_io(|io| tokio_util::io::poll_read_buf(io, cx, &mut *buf))
+    }
+
+    async fn fill(&self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Gives an empty read buffer back to the thread's pool.
+    fn release_buffer(&self) {
+        let mut buf = self.buf.borrow_mut();
+        if buf.is_empty() && buf.capacity() > 0 {
+            let mut spare = std::mem::take(&mut *buf);
+            if spare.capacity() >= READ_SIZE / 2 {
+                spare.clear();
+                READ_BUFFERS.with_borrow_mut(|pool| {
+                    if pool.len() < POOLED {
+                        pool.push(spare);
+                    }
+                });
+            }
+        }
+    }
+
+    async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = poll_fn(|cx| self.with_io(|io| io.poll_write(cx, data))).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        poll_fn(|cx| self.with_io(|io| io.poll_flush(cx))).await
+    }
+
+    /// Writes the interim `100 Continue` the client waits for before it
+    /// sends the body, unless body bytes are already there.
+    fn poll_continue(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(mut sent) = self.continue_sent.get() else { return Poll::Ready(Ok(())) };
+        if sent == 0 && !self.buf.borrow().is_empty() {
+            self.continue_sent.set(None);
+            return Poll::Ready(Ok(()));
+        }
+        while sent < CONTINUE.len() {
+            let n = ready!(self.with_io(|io| io.poll_write(cx, &CONTINUE[sent..])))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            sent += n;
+            self.continue_sent.set(Some(sent));
+        }
+        ready!(self.with_io(|io| io.poll_flush(cx)))?;
+        self.continue_sent.set(None);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Before a final response: finish a `100 Continue` already begun, or
+    /// drop one not begun (the final response takes its place). `Ok(true)`:
+    /// the client was never told to send its body.
+    async fn settle_continue(&self) -> io::Result<bool> {
+        match self.continue_sent.take() {
+            Some(0) => Ok(true),
+            Some(sent) => self.write_all(&CONTINUE[sent..]).await.map(|()| false),
+            None => Ok(false),
+        }
+    }
+
+    fn poll_body(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if let Err(e) = ready!(self.poll_continue(cx)) {
+            self.decoder.set(Decoder::Failed);
+            return Poll::Ready(Some(Err(e)));
+        }
+        loop {
+            let mut decoder = self.decoder.get();
+            let step = decoder.decode(&mut self.buf.borrow_mut());
+            self.decoder.set(decoder);
+            match step {
+                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                Ok(Step::End) => return Poll::Ready(None),
+                Err(Malformed(why)) => {
+                    self.malformed.set(Some(why));
+                    return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why))));
+                }
+                Ok(Step::More) => match ready!(self.poll_fill(cx)) {
+                    Ok(0) => {
+                        self.decoder.set(Decoder::Failed);
+                        let e = io::Error::new(io::ErrorKind::UnexpectedEof, "client closed the connection mid-body");
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.decoder.set(Decoder::Failed);
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Reads and drops what is left of a request body nobody read, so that
+    /// the connection can serve its next request.
+    async fn drain_body(&self, deadline: Instant) -> bool {
+        let mut drained = 0u64;
+        loop {
+            match tokio::time::timeout_at(deadline, poll_fn(|cx| self.poll_body(cx))).await {
+                Ok(None) => return true,
+                Ok(Some(Ok(data))) => {
+                    drained += data.len() as u64;
+                    if drained > MAX_DRAIN {
+                        return false;
+                    }
+                }
+                Ok(Some(Err(_))) | Err(_) => return false,
+            }
+        }
+    }
+
+    /// Waits for the first bytes of the next request, as long as `idle`
+    /// allows. The connection's timer is only reset when it fires early, not
+    /// once per request.
+    async fn first_bytes(&self, idle: Duration, first: bool, timers: &mut Timers) -> bool {
+        let until = Instant::now() + idle;
+        let wait = async {
+            // A plain TCP connection waits without a buffer.
+            if poll_fn(|cx| self.with_io(|io| io.as_ref().get_ref().poll_idle_ready(cx))).await.is_err() {
+                return false;
+            }
+            matches!(self.fill().await, Ok(n) if n > 0)
+        };
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                got = &mut wait => return got,
+                _ = timers.idle.as_mut() => {
+                    if Instant::now() >= until {
+                        return false;
+                    }
+                    timers.idle.as_mut().reset(until);
+                }
+                _ = timers.stop.as_mut() => {
+                    // A connection accepted just before a drain gets a moment
+                    // for its first request, which is then answered and closed.
+                    return first
+                        && tokio::time::timeout(listener::FIRST_REQUEST_GRACE, &mut wait).await.unwrap_or(false);
+                }
+            }
+        }
+    }
+
+    /// Whether the connection opens with the HTTP/2 preface (prior knowledge).
+    async fn is_http2(&self, deadline: Instant) -> bool {
+        loop {
+            {
+                let buf = self.buf.borrow();
+                if buf.len() >= H2_PREFACE.len() {
+                    return buf.starts_with(H2_PREFACE);
+                }
+                if !H2_PREFACE.starts_with(&buf) {
+                    return false;
+                }
+            }
+            if !matches!(tokio::time::timeout_at(deadline, self.fill()).await, Ok(Ok(n)) if n > 0) {
+                return false;
+            }
+        }
+    }
+
+    /// Takes the stream and what was read from it but not consumed.
+    fn take_stream(&self) -> Option<Rewind> {
+        let stream = self.io.borrow_mut().take()?;
+        let rest = std::mem::take(&mut *self.buf.borrow_mut()).freeze();
+        Some(Rewind::new(rest, stream))
+    }
+
+    /// Closes the connection: FIN (or TLS close_notify) first; with `linger`,
+    /// what the client still sends is read and dropped for a moment, so
+    /// that the kernel does not answer it with a reset that could destroy
+    /// the response still on its way.
+    async fn close(&self, linger: bool) {
+        let deadline = Instant::now() + LINGER;
+        let _ = tokio::time::timeout_at(deadline, poll_fn(|cx| self.with_io(|io| io.poll_shutdown(cx)))).await;
+        if linger {
+            let mut read = 0;
+            while read < MAX_DRAIN as usize {
+                self.buf.borrow_mut().clear();
+                match tokio::time::timeout_at(deadline, self.fill()).await {
+                    Ok(Ok(n)) if n > 0 => read += n,
+                    _ => break,
+                }
+            }
+        }
+        self.io.borrow_mut().take();
+        self.buf.borrow_mut().clear();
+        self.release_buffer();
+    }
+}
+
+/// A connection's idle timer and its worker's stop signal, made once.
+struct Timers {
+    idle: Pin<Box<tokio::time::Sleep>>,
+    stop: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+/// The body of a request read by this server.
+pub struct RequestBody {
+    conn: Rc<Conn>,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.conn.poll_body(cx).map(|polled| polled.map(|r| r.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.decoder.get().is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.conn.decoder.get() {
+            Decoder::Done => SizeHint::with_exact(0),
+            Decoder::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The client side of a requested upgrade, in the request's extensions: the
+/// stream arrives once the `101 Switching Protocols` is written.
+#[derive(Clone)]
+pub struct Upgrade(Arc<Mutex<Option<oneshot::Receiver<Rewind>>>>);
+
+impl Upgrade {
+    pub async fn stream(self) -> Option<Rewind> {
+        let receiver = self.0.lock().ok()?.take()?;
+        receiver.await.ok()
+    }
+}
+
+/// Serves one client connection until it closes, idles out, or the worker drains.
+pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Worker>) {
+    if stream.alpn_h2() {
+        return listener::serve_h2(stream, peer, tls, worker).await;
+    }
+    let limits = {
+        let snap = worker.snapshot();
+        (snap.config.timeouts.client_idle, snap.config.timeouts.client_header)
+    };
+    let (idle, header) = limits;
+    let info = Rc::new(ConnInfo::new(peer, tls, Arc::new(Activity::default())));
+    let conn = Rc::new(Conn::new(stream));
+    let mut served = 0u64;
+    let mut timers =
+        Timers { idle: Box::pin(tokio::time::sleep(idle)), stop: Box::pin(worker.stop_token().cancelled_owned()) };
+    let linger = 'conn: loop {
+        if conn.buf.borrow().is_empty() {
+            conn.release_buffer();
+            if !conn.first_bytes(idle, served == 0, &mut timers).await {
+                break false;
+            }
+        }
+        let deadline = Instant::now() + header;
+        if served == 0 && conn.is_http2(deadline).await {
+            if let Some(stream) = conn.take_stream() {
+                listener::serve_h2(stream, peer, tls, worker).await;
+            }
+            return;
+        }
+        let head = loop {
+            let parsed = parse::parse(&mut conn.buf.borrow_mut());
+            match parsed {
+                Ok(Some(head)) => break head,
+                Ok(None) => match tokio::time::timeout_at(deadline, conn.fill()).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => break 'conn false,
+                    Err(_) => {
+                        tracing::debug!(%peer, "request head not complete within client_header");
+                        let timeout = parse::Rejection {
+                            status: StatusCode::REQUEST_TIMEOUT,
+                            reason: "request head not complete in time",
+                        };
+                        let _ = write::rejection(&conn, timeout).await;
+                        break 'conn true;
+                    }
+                },
+                Err(rejection) => {
+                    tracing::debug!(%peer, status = rejection.status.as_u16(), reason = rejection.reason, "bad request head");
+                    let _ = write::rejection(&conn, rejection).await;
+                    break 'conn true;
+                }
+            }
+        };
+        let Head { mut request, framing, keep_alive, expect_continue, upgrade, trailers } = head;
+        conn.decoder.set(framing.into());
+        conn.continue_sent.set(expect_continue.then_some(0));
+        let upgrade = upgrade.then(|| {
+            let (sender, receiver) = oneshot::channel();
+            request.extensions_mut().insert(Upgrade(Arc::new(Mutex::new(Some(receiver)))));
+            sender
+        });
+        let meta = Meta {
+            head: request.method() == Method::HEAD,
+            http10: request.version() == Version::HTTP_10,
+            trailers,
+            keep_alive,
+        };
+        let body = ClientBody::H1(RequestBody { conn: conn.clone() });
+        let response = match service::handle(worker.clone(), info.clone(), request.map(|()| body)).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        served += 1;
+        if let Some(reason) = conn.malformed.take() {
+            // The backend saw a broken body because the client sent one: a
+            // 400 for the client rather than the service's 502.
+            drop(response);
+            tracing::debug!(%peer, reason, "malformed request body");
+            let _ = write::rejection(&conn, parse::Rejection { status: StatusCode::BAD_REQUEST, reason }).await;
+            break true;
+        }
+        let meta = Meta { keep_alive: meta.keep_alive && !worker.stop_requested(), ..meta };
+        match write::response(&conn, response, meta, upgrade).await {
+            Written::KeepAlive => {}
+            Written::Close => break !conn.decoder.get().is_done(),
+            Written::Failed => break false,
+            Written::Upgraded => return,
+        }
+        // The next head comes after this request's body: read what nobody did.
+        if !conn.decoder.get().is_done() {
+            let unread = Rc::strong_count(&conn) == 1;
+            if !unread || !conn.drain_body(Instant::now() + header).await {
+                break true;
+            }
+        }
+    };
+    conn.close(linger).await;
+}
