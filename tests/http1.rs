@@ -916,3 +916,67 @@ async fn duplicate_or_invalid_host_fields_are_400() {
     }
     assert_eq!(stable.hits() + canary.hits(), 0);
 }
+
+// ------------------------------------------------------------ abandoned requests
+
+/// A raw backend that accepts one connection and reads a request head.
+async fn raw_backend_request(listener: &tokio::net::TcpListener) -> TcpStream {
+    let (mut upstream, _) = tokio::time::timeout(LIMIT, listener.accept()).await.expect("proxied in time").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(LIMIT, upstream.read(&mut byte)).await.expect("head in time").unwrap();
+        assert_eq!(n, 1, "the head ended early: {}", lossy(&head));
+        head.push(byte[0]);
+    }
+    upstream
+}
+
+/// Reads from the backend side until the proxy closes it; what it read.
+async fn until_closed_by_proxy(upstream: &mut TcpStream) -> usize {
+    let mut total = 0;
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(LIMIT, upstream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return total,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("the proxy kept the backend request open"),
+        }
+    }
+}
+
+/// A client that leaves while its request waits on a slow backend: the
+/// backend request is abandoned too (its connection closes at once), not
+/// left running until `timeouts.response`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_request_abandons_the_backend_request() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let canary = Backend::named("canary").await;
+    let proxy = Proxy::start(&two_pool_config(listener.local_addr().unwrap(), canary.addr, 0.0, ""));
+    let mut client = Conn::open(proxy.addr()).await;
+    client.send(b"GET /wait HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
+    let mut upstream = raw_backend_request(&listener).await;
+    drop(client);
+    until_closed_by_proxy(&mut upstream).await;
+}
+
+/// A request whose body is still being forwarded when its connection
+/// closes (here: the backend answers before reading it, and the client
+/// connection cannot be reused): the forwarding fails at once instead of
+/// waiting for bytes that will never be read, and the backend connection
+/// closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_still_forwarded_when_its_connection_closes_fails_at_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let canary = Backend::named("canary").await;
+    let proxy = Proxy::start(&two_pool_config(listener.local_addr().unwrap(), canary.addr, 0.0, ""));
+    let mut client = Conn::open(proxy.addr()).await;
+    client.send(b"POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1000000\r\n\r\nfirst bytes").await;
+    let mut upstream = raw_backend_request(&listener).await;
+    upstream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+    let got = client.response().await.expect("an answer");
+    assert_eq!((got.status, got.text().as_str()), (200, "ok"));
+    let forwarded = until_closed_by_proxy(&mut upstream).await;
+    assert!(forwarded < 1_000_000, "only what the client sent: {forwarded}");
+    client.expect_closed().await;
+}

@@ -25,13 +25,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode, Version};
 use http_body::{Frame, SizeHint};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -42,7 +42,7 @@ use super::body::ClientBody;
 use super::client_timeouts::Activity;
 use super::listener::{self, Worker};
 use super::service::{self, ConnInfo};
-use super::stream::{Rewind, Stream};
+use super::stream::{MaybeTls, Rewind, Stream};
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -77,6 +77,16 @@ pub struct Conn {
     continue_sent: Cell<Option<usize>>,
     /// The current request's body broke its framing (the client's fault).
     malformed: Cell<Option<&'static str>>,
+    /// Which request the decoder is for: a body of an earlier request
+    /// never reads what belongs to a later one.
+    generation: Cell<u64>,
+    /// The task reading the body, when it waits: woken if the connection
+    /// closes under it, so that it fails instead of waiting forever.
+    body_waker: RefCell<Option<Waker>>,
+    /// The connection is closing: bodies still being read fail.
+    shut: Cell<bool>,
+    /// Request bodies alive (held by the service or a backend connection).
+    bodies: Cell<u32>,
 }
 
 fn closed() -> io::Error {
@@ -91,7 +101,17 @@ impl Conn {
             decoder: Cell::new(Decoder::Done),
             continue_sent: Cell::new(None),
             malformed: Cell::new(None),
+            generation: Cell::new(0),
+            body_waker: RefCell::new(None),
+            shut: Cell::new(false),
+            bodies: Cell::new(0),
         }
+    }
+
+    /// A request body of this connection still exists (a backend connection
+    /// may be forwarding it).
+    fn body_in_use(&self) -> bool {
+        self.bodies.get() > 0
     }
 
     fn with_io<R>(&self, f: impl FnOnce(Pin<&mut Stream>) -> Poll<io::Result<R>>) -> Poll<io::Result<R>> {
@@ -123,7 +143,8 @@ impl Conn {
         let mut buf = self.buf.borrow_mut();
         if buf.is_empty() && buf.capacity() > 0 {
             let mut spare = std::mem::take(&mut *buf);
-            if spare.capacity() >= READ_SIZE / 2 {
+            // A buffer grown for a large head is not kept.
+            if (READ_SIZE / 2..=2 * READ_SIZE).contains(&spare.capacity()) {
                 spare.clear();
                 READ_BUFFERS.with_borrow_mut(|pool| {
                     if pool.len() < POOLED {
@@ -182,6 +203,20 @@ impl Conn {
     }
 
     fn poll_body(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if self.shut.get() {
+            return Poll::Ready(Some(Err(closed())));
+        }
+        let polled = self.poll_body_inner(cx);
+        if polled.is_pending() {
+            let mut waker = self.body_waker.borrow_mut();
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        }
+        polled
+    }
+
+    fn poll_body_inner(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         if let Err(e) = ready!(self.poll_continue(cx)) {
             self.decoder.set(Decoder::Failed);
             return Poll::Ready(Some(Err(e)));
@@ -281,8 +316,46 @@ impl Conn {
         }
     }
 
+    /// Fails a body still being read (forwarded to a backend): it must not
+    /// wait for bytes from a connection that is going away.
+    fn shut(&self) {
+        self.shut.set(true);
+        if let Some(waker) = self.body_waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Resolves when a plain TCP client closes its connection while its
+    /// request (one without a body left to read) is being answered: the
+    /// request is then abandoned, and its backend request with it. Bytes of
+    /// a pipelined request end the watch.
+    async fn client_gone(&self) {
+        let mut watching = true;
+        poll_fn(|cx| {
+            if !watching {
+                return Poll::Pending;
+            }
+            let mut io = self.io.borrow_mut();
+            let Some(MaybeTls::Plain(tcp)) = io.as_mut() else {
+                watching = false;
+                return Poll::Pending;
+            };
+            let mut byte = [0u8; 1];
+            match tcp.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
+                Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(()),
+                Poll::Ready(Ok(_)) => {
+                    watching = false;
+                    Poll::Pending
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
     /// Takes the stream and what was read from it but not consumed.
     fn take_stream(&self) -> Option<Rewind> {
+        self.shut();
         let stream = self.io.borrow_mut().take()?;
         let rest = std::mem::take(&mut *self.buf.borrow_mut()).freeze();
         Some(Rewind::new(rest, stream))
@@ -293,6 +366,9 @@ impl Conn {
     /// that the kernel does not answer it with a reset that could destroy
     /// the response still on its way.
     async fn close(&self, linger: bool) {
+        // A body still forwarded would race the linger for the stream's reads.
+        let linger = linger && !self.body_in_use();
+        self.shut();
         let deadline = Instant::now() + LINGER;
         let _ = tokio::time::timeout_at(deadline, poll_fn(|cx| self.with_io(|io| io.poll_shutdown(cx)))).await;
         if linger {
@@ -320,6 +396,26 @@ struct Timers {
 /// The body of a request read by this server.
 pub struct RequestBody {
     conn: Rc<Conn>,
+    generation: u64,
+}
+
+impl RequestBody {
+    fn new(conn: &Rc<Conn>) -> RequestBody {
+        conn.bodies.set(conn.bodies.get() + 1);
+        RequestBody { conn: conn.clone(), generation: conn.generation.get() }
+    }
+
+    /// Whether the connection's decoder is still this request's (it has
+    /// moved on only after this body ended).
+    fn current(&self) -> bool {
+        self.generation == self.conn.generation.get()
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.conn.bodies.set(self.conn.bodies.get() - 1);
+    }
 }
 
 impl http_body::Body for RequestBody {
@@ -327,15 +423,19 @@ impl http_body::Body for RequestBody {
     type Error = io::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if !self.current() {
+            return Poll::Ready(None);
+        }
         self.conn.poll_body(cx).map(|polled| polled.map(|r| r.map(Frame::data)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.conn.decoder.get().is_done()
+        !self.current() || self.conn.decoder.get().is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.conn.decoder.get() {
+            _ if !self.current() => SizeHint::with_exact(0),
             Decoder::Done => SizeHint::with_exact(0),
             Decoder::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
@@ -409,6 +509,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
             }
         };
         let Head { mut request, framing, keep_alive, expect_continue, upgrade, trailers } = head;
+        conn.generation.set(conn.generation.get() + 1);
         conn.decoder.set(framing.into());
         conn.continue_sent.set(expect_continue.then_some(0));
         let upgrade = upgrade.then(|| {
@@ -422,8 +523,18 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
             trailers,
             keep_alive,
         };
-        let body = ClientBody::H1(RequestBody { conn: conn.clone() });
-        let response = match service::handle(worker.clone(), info.clone(), request.map(|()| body)).await {
+        let body = ClientBody::H1(RequestBody::new(&conn));
+        let watch = conn.decoder.get().is_done() && conn.buf.borrow().is_empty();
+        let service = service::handle(worker.clone(), info.clone(), request.map(|()| body));
+        tokio::pin!(service);
+        let answered = tokio::select! {
+            answered = &mut service => answered,
+            () = conn.client_gone(), if watch => {
+                tracing::debug!(%peer, "client closed the connection before its answer");
+                break 'conn false;
+            }
+        };
+        let response = match answered {
             Ok(response) => response,
             Err(never) => match never {},
         };
@@ -439,16 +550,15 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
         let meta = Meta { keep_alive: meta.keep_alive && !worker.stop_requested(), ..meta };
         match write::response(&conn, response, meta, upgrade).await {
             Written::KeepAlive => {}
-            Written::Close => break !conn.decoder.get().is_done(),
+            // Bytes the client sent on (a pipelined request, a body) would
+            // turn the close into a reset: linger for them.
+            Written::Close => break !conn.decoder.get().is_done() || !conn.buf.borrow().is_empty(),
             Written::Failed => break false,
             Written::Upgraded => return,
         }
         // The next head comes after this request's body: read what nobody did.
-        if !conn.decoder.get().is_done() {
-            let unread = Rc::strong_count(&conn) == 1;
-            if !unread || !conn.drain_body(Instant::now() + header).await {
-                break true;
-            }
+        if !conn.decoder.get().is_done() && (conn.body_in_use() || !conn.drain_body(Instant::now() + header).await) {
+            break true;
         }
     };
     conn.close(linger).await;

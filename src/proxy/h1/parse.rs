@@ -143,6 +143,8 @@ fn build(
     let http10 = minor == 0;
     let mut headers = HeaderMap::with_capacity(spans.len() + 6);
     let mut length: Option<u64> = None;
+    let mut length_fields = 0;
+    let mut length_list = false;
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut other_coding = false;
@@ -154,6 +156,8 @@ fn build(
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| bad("invalid field value"))?;
         let bytes = &head[vs..ve];
         if name == header::CONTENT_LENGTH {
+            length_fields += 1;
+            length_list |= bytes.contains(&b',');
             for item in bytes.split(|&b| b == b',') {
                 let n = content_length(trim(item)).ok_or(bad("invalid Content-Length"))?;
                 if length.is_some_and(|l| l != n) {
@@ -213,6 +217,11 @@ fn build(
             Some(n) => Framing::Length(n),
         }
     };
+    // Equal values, listed or repeated, go on as one field: backends read
+    // such lists differently.
+    if let (Some(n), true) = (length, length_fields > 1 || length_list) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     // RFC 9112 §3.2.2: an absolute-form target's authority is the host;
     // a Host field that says otherwise is replaced.
     if let Some(authority) = uri.authority()
@@ -231,7 +240,9 @@ fn build(
         framing,
         keep_alive: !close && (!http10 || keep_alive),
         expect_continue: expect_continue && framing != Framing::None,
-        upgrade: connection_upgrade && upgrade_field,
+        // RFC 9110 §7.8: no upgrade for HTTP/1.0; none under a body either
+        // (its bytes would be both the body and the tunnel's).
+        upgrade: connection_upgrade && upgrade_field && !http10 && framing == Framing::None,
         trailers,
     }))
 }
@@ -341,6 +352,8 @@ mod tests {
     fn equal_content_length_values_and_chunked_are_accepted() {
         let head = parsed("POST / HTTP/1.1\r\nContent-Length: 7, 7\r\nContent-Length: 7\r\n\r\n").unwrap().unwrap();
         assert_eq!(head.framing, Framing::Length(7));
+        let values: Vec<_> = head.request.headers().get_all("content-length").iter().collect();
+        assert_eq!(values, ["7"], "forwarded as one field");
         let head = parsed("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap().unwrap();
         assert_eq!(head.framing, Framing::Chunked);
         let head = parsed("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").unwrap().unwrap();
@@ -382,6 +395,9 @@ mod tests {
         assert!(h("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
         assert!(h("GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n").upgrade);
         assert!(!h("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade);
+        assert!(!h("GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n").upgrade);
+        let with_body = "POST / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: x\r\nContent-Length: 1\r\n\r\n";
+        assert!(!h(with_body).upgrade);
         assert!(h("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n").expect_continue);
         assert!(!h("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").expect_continue, "no body, nothing to wait for");
         assert!(h("GET / HTTP/1.1\r\nTE: trailers\r\n\r\n").trailers);

@@ -300,6 +300,9 @@ async fn send_body(
                 if !buf.is_empty() {
                     conn.write_all(buf).await?;
                     buf.clear();
+                    // TLS may hold records back until flushed: a streamed
+                    // event must not wait for the next one.
+                    conn.flush().await?;
                 }
                 poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
             }
