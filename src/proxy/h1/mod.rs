@@ -525,8 +525,9 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
         };
         let body = ClientBody::H1(RequestBody::new(&conn));
         let watch = conn.decoder.get().is_done() && conn.buf.borrow().is_empty();
-        let service = service::handle(worker.clone(), info.clone(), request.map(|()| body));
-        tokio::pin!(service);
+        // Boxed: an idle connection's task then does not carry the space of
+        // a request in flight (a few KiB) while it waits.
+        let mut service = Box::pin(service::handle(worker.clone(), info.clone(), request.map(|()| body)));
         let answered = tokio::select! {
             answered = &mut service => answered,
             () = conn.client_gone(), if watch => {
