@@ -980,3 +980,27 @@ async fn a_body_still_forwarded_when_its_connection_closes_fails_at_once() {
     assert!(forwarded < 1_000_000, "only what the client sent: {forwarded}");
     client.expect_closed().await;
 }
+
+/// A head that arrives a byte at a time is read whole: it is parsed again
+/// only when a line ends, and the line endings split across reads are found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_trickled_byte_by_byte_is_served() {
+    let (stable, _canary, proxy) = setup().await;
+    let mut conn = Conn::open(proxy.addr()).await;
+    let head =
+        b"GET /trickle HTTP/1.1\r\nHost: example.com\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    for byte in head.chunks(1) {
+        conn.send(byte).await;
+    }
+    let got = conn.response().await.expect("a response");
+    assert_eq!((got.status, got.text().as_str()), (200, "GET /trickle\n"));
+    assert_eq!(stable.last_seen().uri, "/trickle");
+    // And a pipelined head right behind one that trickled in.
+    conn.send(b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\nGET /b HTTP/1.1\r").await;
+    conn.send(b"\nHost: example.com\r\n\r").await;
+    conn.send(b"\n").await;
+    for path in ["/a", "/b"] {
+        let got = conn.response().await.expect("a response");
+        assert_eq!((got.status, got.text()), (200, format!("GET {path}\n")));
+    }
+}

@@ -484,23 +484,37 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
             }
             return;
         }
+        // Bytes already parsed without finding a complete head: a head ends
+        // with a line feed, so one trickled in byte by byte is parsed again
+        // only when a line ends, not on every read.
+        let mut scanned = 0;
         let head = loop {
-            let parsed = parse::parse(&mut conn.buf.borrow_mut());
+            let parsed = {
+                let mut buf = conn.buf.borrow_mut();
+                if scanned > 0 && buf.len() < parse::MAX_HEAD && !buf[scanned.min(buf.len())..].contains(&b'\n') {
+                    Ok(None)
+                } else {
+                    parse::parse(&mut buf)
+                }
+            };
             match parsed {
                 Ok(Some(head)) => break head,
-                Ok(None) => match tokio::time::timeout_at(deadline, conn.fill()).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    Ok(_) => break 'conn false,
-                    Err(_) => {
-                        tracing::debug!(%peer, "request head not complete within client_header");
-                        let timeout = parse::Rejection {
-                            status: StatusCode::REQUEST_TIMEOUT,
-                            reason: "request head not complete in time",
-                        };
-                        let _ = write::rejection(&conn, timeout).await;
-                        break 'conn true;
+                Ok(None) => {
+                    scanned = conn.buf.borrow().len();
+                    match tokio::time::timeout_at(deadline, conn.fill()).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => break 'conn false,
+                        Err(_) => {
+                            tracing::debug!(%peer, "request head not complete within client_header");
+                            let timeout = parse::Rejection {
+                                status: StatusCode::REQUEST_TIMEOUT,
+                                reason: "request head not complete in time",
+                            };
+                            let _ = write::rejection(&conn, timeout).await;
+                            break 'conn true;
+                        }
                     }
-                },
+                }
                 Err(rejection) => {
                     tracing::debug!(%peer, status = rejection.status.as_u16(), reason = rejection.reason, "bad request head");
                     let _ = write::rejection(&conn, rejection).await;
