@@ -460,11 +460,10 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
     if stream.alpn_h2() {
         return listener::serve_h2(stream, peer, tls, worker).await;
     }
-    let limits = {
+    let (idle, header) = {
         let snap = worker.snapshot();
         (snap.config.timeouts.client_idle, snap.config.timeouts.client_header)
     };
-    let (idle, header) = limits;
     let info = Rc::new(ConnInfo::new(peer, tls, Arc::new(Activity::default())));
     let conn = Rc::new(Conn::new(stream));
     let mut served = 0u64;
@@ -577,4 +576,67 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
         }
     };
     conn.close(linger).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::Wake;
+
+    use http_body::Body;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    async fn conn() -> (Rc<Conn>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Rc::new(Conn::new(MaybeTls::Plain(server))), client)
+    }
+
+    #[tokio::test]
+    async fn a_body_waiting_for_bytes_is_woken_and_fails_when_its_connection_shuts() {
+        let (conn, _client) = conn().await;
+        conn.decoder.set(Decoder::Length(10));
+        let mut body = RequestBody::new(&conn);
+        assert!(conn.body_in_use());
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending(), "no bytes from the client yet");
+        conn.shut();
+        assert!(flag.0.load(Ordering::SeqCst), "the task forwarding the body is woken");
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Err(e))) => assert_eq!(e.kind(), io::ErrorKind::NotConnected),
+            other => panic!("expected an error, got {:?}", other.map(|f| f.map(|r| r.is_ok()))),
+        }
+        drop(body);
+        assert!(!conn.body_in_use());
+    }
+
+    #[tokio::test]
+    async fn a_body_of_an_earlier_request_never_reads_a_later_one() {
+        let (conn, _client) = conn().await;
+        conn.decoder.set(Decoder::Length(5));
+        let mut old = RequestBody::new(&conn);
+        // The next request on the connection, with a body of its own.
+        conn.generation.set(conn.generation.get() + 1);
+        conn.decoder.set(Decoder::Length(5));
+        conn.buf.borrow_mut().extend_from_slice(b"later");
+        assert!(old.is_end_stream());
+        assert_eq!(old.size_hint().exact(), Some(0));
+        let waker = Waker::from(Arc::new(Flag(AtomicBool::new(false))));
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(Pin::new(&mut old).poll_frame(&mut cx), Poll::Ready(None)));
+        assert_eq!(&conn.buf.borrow()[..], b"later", "the later body's bytes are untouched");
+    }
 }
