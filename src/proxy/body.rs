@@ -2,6 +2,7 @@
 //! directions; nothing here buffers a whole body.
 
 use std::cell::Cell;
+use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -11,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::h1;
+use super::h1::client::UpstreamBody;
 use super::service::Finish;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -97,7 +99,7 @@ pub enum ResponseBody {
     /// A backend's body. `finish` runs once, when the body ends, fails or is
     /// dropped (client gone): it records metrics and the access log line and
     /// returns the connection to the pool only after a complete body.
-    Upstream { inner: Incoming, bytes: u64, finish: Option<Finish> },
+    Upstream { inner: UpstreamBody, bytes: u64, finish: Option<Finish> },
 }
 
 impl ResponseBody {
@@ -116,40 +118,38 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.get_mut() {
             ResponseBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Upstream { inner, bytes, finish } => {
-                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                let polled = inner.poll_data(cx);
                 match &polled {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            *bytes += data.len() as u64;
-                        }
-                        // hyper stops polling a body that says it has ended
-                        // (Content-Length reached): finish here, or the
+                    Poll::Ready(Some(Ok(data))) => {
+                        *bytes += data.len() as u64;
+                        // The writer stops polling a body that says it has
+                        // ended (Content-Length reached): finish here, or the
                         // connection would never go back to the pool.
                         if inner.is_end_stream()
                             && let Some(f) = finish.take()
                         {
-                            f.done(true, *bytes);
+                            f.done(true, *bytes, inner.take_connection());
                         }
                     }
                     Poll::Ready(None) => {
                         if let Some(f) = finish.take() {
-                            f.done(true, *bytes);
+                            f.done(true, *bytes, inner.take_connection());
                         }
                     }
                     Poll::Ready(Some(Err(_))) => {
                         if let Some(f) = finish.take() {
-                            f.done(false, *bytes);
+                            f.done(false, *bytes, None);
                         }
                     }
                     Poll::Pending => {}
                 }
-                polled
+                polled.map(|frame| frame.map(|data| data.map(Frame::data)))
             }
         }
     }
@@ -175,10 +175,10 @@ impl Drop for ResponseBody {
         if let ResponseBody::Upstream { inner, bytes, finish } = self
             && let Some(f) = finish.take()
         {
-            // hyper stops polling a body once `is_end_stream()` says all of
-            // its Content-Length was sent, so a complete body may end here
-            // without ever yielding `None`: its connection can still be reused.
-            f.done(inner.is_end_stream(), *bytes);
+            // A body dropped once all of its Content-Length was read is
+            // complete even though it never yielded `None`: its connection
+            // can still be reused.
+            f.done(inner.is_end_stream(), *bytes, inner.take_connection());
         }
     }
 }

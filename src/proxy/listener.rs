@@ -26,8 +26,8 @@ use super::client_timeouts::{Activity, ClientIo, Limits};
 use super::h1;
 use super::retry::RetryBudget;
 use super::service::{self, ConnInfo};
-use super::stream::MaybeTls;
-use super::upstream::Connections;
+use super::stream::{MaybeTls, Rewind};
+use super::upstream::{Connections, UpstreamIo};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
@@ -147,11 +147,9 @@ impl Worker {
     /// Copies bytes both ways between an upgraded client connection and an
     /// upgraded backend connection until either side closes. Tunnels are
     /// tracked so that a drain waits for them.
-    pub fn spawn_tunnel(&self, client: ClientUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    pub fn spawn_tunnel(&self, client: ClientUpgrade, upstream: Rewind<UpstreamIo>) {
         let stop = self.stop.clone();
         self.tunnels.spawn_local(async move {
-            let Ok(upstream) = upstream.await else { return };
-            let upstream = TokioIo::new(upstream);
             match client {
                 ClientUpgrade::Hyper(client) => {
                     if let Ok(client) = client.await {

@@ -18,14 +18,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
 use http_body::Body as _;
-use hyper::body::Incoming;
 
 use super::DataSignal;
 use super::body::{ClientBody, RequestBody, ResponseBody};
 use super::client_timeouts::{self as activity, Activity};
+use super::h1::client::{Connection, Failure, UpstreamBody};
 use super::headers::{self, Forwarded};
 use super::listener::{ClientUpgrade, Worker};
-use super::upstream::{self, Sender, UpstreamError};
+use super::upstream::{self, UpstreamError};
 use crate::access_log::Record;
 use crate::metrics::{UpstreamErrorKind, VersionMetrics};
 use crate::routing::beta::BetaChoice;
@@ -363,23 +363,6 @@ fn retry_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 
-/// The parts of an upstream request kept to send it again after a failure.
-struct Resend {
-    method: Method,
-    uri: Uri,
-    headers: http::HeaderMap,
-}
-
-impl Resend {
-    fn request(&self) -> Request<RequestBody> {
-        let mut req = Request::new(RequestBody::Empty);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
-}
-
 /// Decrements a backend's in-flight count when the request is over.
 pub struct InFlight(Arc<Backend>);
 
@@ -460,8 +443,9 @@ async fn forward(
         RequestBody::Client { inner: body, bytes: bytes_in.clone() }
     };
     let limits = &snap.config.retries;
-    let resend = (limits.attempts > 0 && matches!(body, RequestBody::Empty) && !upgrade && retry_safe(&parts.method))
-        .then(|| Resend { method: parts.method.clone(), uri: parts.uri.clone(), headers: parts.headers.clone() });
+    // A request without a body comes back from a failed attempt: it may be
+    // sent again if its method is safe.
+    let resendable = limits.attempts > 0 && !upgrade && retry_safe(&parts.method);
     let mut request = Request::from_parts(parts, body);
 
     // Phase 4: send, retrying once when safe.
@@ -480,27 +464,32 @@ async fn forward(
         }
         let inflight = InFlight::new(&backend);
         match send(worker, &backend, request, snap, fresh).await {
-            Ok((resp, sender)) => {
+            Ok(resp) => {
                 if backend.failures.load(Ordering::Relaxed) != 0 {
                     backend.failures.store(0, Ordering::Relaxed);
                 }
-                return respond(ctx, resp, sender, inflight, client_upgrade.map(|c| (c, h2_websocket)), bytes_in);
+                return respond(ctx, resp, inflight, client_upgrade.map(|c| (c, h2_websocket)), bytes_in);
             }
-            Err(failure) => {
-                let error = failure.error;
+            Err(SendError::Client(e)) => {
+                // The client's body broke (malformed, cut short, too long):
+                // neither the backend's fault nor worth a retry.
+                tracing::debug!(backend = %backend.authority, error = %e, "request body failed");
+                return ctx
+                    .error(StatusCode::BAD_REQUEST, "400 Bad Request: the request body was malformed or incomplete\n");
+            }
+            Err(SendError::Upstream(failure)) => {
+                let SendFailure { error, request: sent_back, unsent, reused } = *failure;
                 ctx.metrics.upstream_error(error.kind);
-                let stale = failure.reused && !error.connect && error.kind == UpstreamErrorKind::Reset;
+                let stale = reused && !error.connect && error.kind == UpstreamErrorKind::Reset;
                 if !stale {
                     note_failure(worker, pool, &backend, &error);
                 }
                 tracing::debug!(backend = %backend.authority, kind = error.kind.as_str(), detail = %error.detail, "upstream attempt failed");
-                let again = failure.request.or_else(|| {
-                    (error.kind != UpstreamErrorKind::Timeout).then(|| resend.as_ref().map(Resend::request)).flatten()
-                });
+                let again = sent_back.filter(|_| unsent || (resendable && error.kind != UpstreamErrorKind::Timeout));
                 // A stale pooled connection is not the backend's fault: the request
                 // goes once more to the same backend on a fresh connection, free.
                 // Then one retry on another backend of the pool, paid from the budget.
-                let free = (stale || failure.unsent_reused) && !fresh;
+                let free = (stale || (reused && unsent)) && !fresh;
                 let next = if free {
                     Some(backend.clone())
                 } else if !retried {
@@ -559,12 +548,18 @@ fn note_failure(worker: &Worker, pool: &Pool, backend: &Arc<Backend>, error: &Up
 
 struct SendFailure {
     error: UpstreamError,
-    /// The request, when it was never written (safe to send anywhere).
+    /// The request back: unsent, or without a body.
     request: Option<Request<RequestBody>>,
+    /// None of the request was written: it is safe to send anywhere.
+    unsent: bool,
     /// The attempt used a pooled connection.
     reused: bool,
-    /// The request came back unsent from a pooled connection that closed.
-    unsent_reused: bool,
+}
+
+enum SendError {
+    Upstream(Box<SendFailure>),
+    /// The client's request body failed: the request ends with a 400.
+    Client(std::io::Error),
 }
 
 /// Sends on a pooled connection (unless `fresh`) or a new one, and waits for
@@ -575,44 +570,36 @@ async fn send(
     request: Request<RequestBody>,
     snap: &Snapshot,
     fresh: bool,
-) -> Result<(Response<Incoming>, Sender), SendFailure> {
+) -> Result<Response<UpstreamBody>, SendError> {
     let timeouts = &snap.config.timeouts;
-    let mut pooled = None;
-    if !fresh {
-        while let Some(mut sender) = worker.connections.take(backend.id, timeouts.upstream_idle) {
-            if upstream::ready(&mut sender, timeouts.connect).await {
-                pooled = Some(sender);
-                break;
-            }
-        }
-    }
+    let pooled = if fresh { None } else { worker.connections.take(backend.id, timeouts.upstream_idle) };
     let reused = pooled.is_some();
-    let mut sender = match pooled {
-        Some(s) => s,
+    let conn: Box<Connection> = match pooled {
+        Some(c) => c,
         None => match upstream::connect(backend, timeouts.connect).await {
-            Ok(s) => s,
+            Ok(c) => c,
             Err(error) => {
-                return Err(SendFailure { error, request: Some(request), reused: false, unsent_reused: false });
+                let failure = SendFailure { error, request: Some(request), unsent: true, reused: false };
+                return Err(SendError::Upstream(Box::new(failure)));
             }
         },
     };
-    match tokio::time::timeout(timeouts.response, sender.try_send_request(request)).await {
-        Ok(Ok(resp)) => Ok((resp, sender)),
-        Ok(Err(mut e)) => {
-            let request = e.take_message();
-            let unsent_reused = reused && request.is_some();
-            Err(SendFailure { error: UpstreamError::from_hyper(e.error()), request, reused, unsent_reused })
-        }
-        Err(_) => Err(SendFailure {
-            error: UpstreamError {
+    let failure = |error, request: Option<Box<Request<RequestBody>>>, unsent| {
+        SendError::Upstream(Box::new(SendFailure { error, request: request.map(|r| *r), unsent, reused }))
+    };
+    match tokio::time::timeout(timeouts.response, conn.send(request)).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(Failure::Upstream { error, request, unsent })) => Err(failure(error, request, unsent)),
+        Ok(Err(Failure::Client(e))) => Err(SendError::Client(e)),
+        Err(_) => Err(failure(
+            UpstreamError {
                 kind: UpstreamErrorKind::Timeout,
                 connect: false,
                 detail: format!("no response head within {:?}", timeouts.response),
             },
-            request: None,
-            reused,
-            unsent_reused: false,
-        }),
+            None,
+            false,
+        )),
     }
 }
 
@@ -620,8 +607,7 @@ async fn send(
 /// a requested upgrade, with whether it is a WebSocket over HTTP/2 (RFC 8441).
 fn respond(
     ctx: Context<'_>,
-    mut resp: Response<Incoming>,
-    sender: Sender,
+    resp: Response<UpstreamBody>,
     inflight: InFlight,
     client_upgrade: Option<(ClientUpgrade, bool)>,
     bytes_in: Rc<Cell<u64>>,
@@ -629,16 +615,21 @@ fn respond(
     let h2_websocket = matches!(client_upgrade, Some((_, true)));
     if h2_websocket && resp.status().is_success() {
         // An HTTP/2 client's CONNECT cannot take a 2xx with a body in place of the tunnel.
-        drop((sender, inflight));
+        drop((resp, inflight));
         return ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: the backend did not switch protocols\n");
     }
-    let tunnel = match client_upgrade {
-        Some((client, _)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            Some((client, hyper::upgrade::on(&mut resp)))
+    let (mut parts, mut body) = resp.into_parts();
+    let mut tunnel = None;
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // The backend connection becomes the tunnel's other end.
+        match (client_upgrade, body.take_tunnel()) {
+            (Some((client, _)), Some(upstream)) => tunnel = Some((client, upstream)),
+            _ => {
+                drop((body, inflight));
+                return ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: the backend switched protocols unasked\n");
+            }
         }
-        _ => None,
-    };
-    let (mut parts, body) = resp.into_parts();
+    }
     // An HTTP/1.1 client keeps `Upgrade` and `Connection: upgrade`; an HTTP/2
     // client gets neither.
     headers::remove_hop_by_hop(&mut parts.headers, tunnel.is_some() && !h2_websocket);
@@ -651,8 +642,7 @@ fn respond(
     let finish = Finish {
         worker: worker.clone(),
         conn: ctx.conn.clone(),
-        pooled: tunnel.is_none().then(|| (inflight.0.id, sender)),
-        _inflight: inflight,
+        inflight,
         metrics: ctx.metrics.clone(),
         status: status.as_u16(),
         start: ctx.start,
@@ -662,10 +652,10 @@ fn respond(
     let body = if let Some((client, upstream)) = tunnel {
         // The tunnel is counted as one request, finished when it opens.
         worker.spawn_tunnel(client, upstream);
-        finish.done(true, 0);
+        finish.done(true, 0, None);
         ResponseBody::empty()
     } else if body.is_end_stream() {
-        finish.done(true, 0);
+        finish.done(true, 0, body.take_connection());
         ResponseBody::empty()
     } else {
         ResponseBody::Upstream { inner: body, bytes: 0, finish: Some(finish) }
@@ -682,9 +672,8 @@ fn respond(
 pub struct Finish {
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
-    pooled: Option<(u64, Sender)>,
     /// Held until the response ends: the backend's in-flight count.
-    _inflight: InFlight,
+    inflight: InFlight,
     metrics: Arc<VersionMetrics>,
     status: u16,
     start: Instant,
@@ -693,9 +682,11 @@ pub struct Finish {
 }
 
 impl Finish {
-    pub fn done(mut self, complete: bool, bytes_out: u64) {
-        if complete && let Some((id, sender)) = self.pooled.take() {
-            self.worker.connections.put(id, sender);
+    /// `backend`: the connection, when the body was complete and the
+    /// connection can carry another request.
+    pub fn done(mut self, complete: bool, bytes_out: u64, backend: Option<Box<Connection>>) {
+        if complete && let Some(c) = backend {
+            self.worker.connections.put(self.inflight.0.id, c);
         }
         let elapsed = self.start.elapsed();
         self.metrics.response(self.status, elapsed.as_secs_f64());

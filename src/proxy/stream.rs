@@ -93,18 +93,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
 
 /// A stream with bytes already read from it in front: what an HTTP/1.1
 /// connection hands on when it becomes HTTP/2 (prior knowledge) or a tunnel.
-pub struct Rewind {
+/// A backend connection hands on in the same way after `101`.
+pub struct Rewind<S = Stream> {
     prefix: Bytes,
-    inner: Stream,
+    inner: S,
 }
 
-impl Rewind {
-    pub fn new(prefix: Bytes, inner: Stream) -> Rewind {
+impl<S> Rewind<S> {
+    pub fn new(prefix: Bytes, inner: S) -> Rewind<S> {
         Rewind { prefix, inner }
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.prefix.is_empty() {
@@ -117,7 +118,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }

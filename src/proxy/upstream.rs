@@ -2,8 +2,9 @@
 //! thread so that checkout and return never take a lock or cross threads.
 //!
 //! A connection goes back to the pool only after a complete response body;
-//! one that the backend closed (keep-alive timeout) is seen as closed and
-//! dropped at checkout, and idle ones are dropped after `timeouts.upstream_idle`,
+//! one that the backend closed (keep-alive timeout) or that received bytes
+//! nobody asked for is dropped at checkout, and idle ones are dropped after
+//! `timeouts.upstream_idle`,
 //! which is set below typical application keep-alive so that the proxy, not
 //! the backend, closes them.
 
@@ -11,12 +12,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::body::RequestBody;
+use super::h1::client::Connection;
 use super::stream::MaybeTls;
 use crate::metrics::UpstreamErrorKind;
 use crate::snapshot::Backend;
@@ -24,10 +23,8 @@ use crate::snapshot::Backend;
 /// Idle connections kept per backend and worker; more are closed.
 const MAX_IDLE_PER_BACKEND: usize = 256;
 
-pub type Sender = SendRequest<RequestBody>;
-
 struct Idle {
-    sender: Sender,
+    conn: Box<Connection>,
     since: Instant,
 }
 
@@ -39,25 +36,22 @@ pub struct Connections {
 
 impl Connections {
     /// The most recently used idle connection to `backend` that is still open.
-    pub fn take(&self, backend: u64, max_idle: Duration) -> Option<Sender> {
+    pub fn take(&self, backend: u64, max_idle: Duration) -> Option<Box<Connection>> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&backend)?;
-        while let Some(conn) = list.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < max_idle {
-                return Some(conn.sender);
+        while let Some(mut c) = list.pop() {
+            if c.since.elapsed() < max_idle && c.conn.idle_usable() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    pub fn put(&self, backend: u64, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    pub fn put(&self, backend: u64, conn: Box<Connection>) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(backend).or_default();
         if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push(Idle { sender, since: Instant::now() });
+            list.push(Idle { conn, since: Instant::now() });
         }
     }
 
@@ -71,7 +65,7 @@ impl Connections {
     pub fn sweep(&self, max_idle: Duration, live: impl Fn(u64) -> bool) {
         let mut idle = self.idle.borrow_mut();
         idle.retain(|id, list| {
-            list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < max_idle);
+            list.retain_mut(|c| c.since.elapsed() < max_idle && c.conn.idle_usable());
             live(*id) && !list.is_empty()
         });
     }
@@ -93,19 +87,6 @@ pub struct UpstreamError {
 impl UpstreamError {
     fn connect(kind: UpstreamErrorKind, detail: String) -> Self {
         UpstreamError { kind, connect: true, detail }
-    }
-
-    /// Classifies an error from sending a request or reading its response head.
-    pub fn from_hyper(e: &hyper::Error) -> Self {
-        let kind = if e.is_timeout() {
-            UpstreamErrorKind::Timeout
-        } else if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() || e.is_user() {
-            UpstreamErrorKind::Protocol
-        } else {
-            // Closed before a complete response, reset, broken pipe.
-            UpstreamErrorKind::Reset
-        };
-        UpstreamError { kind, connect: false, detail: error_chain(e) }
     }
 }
 
@@ -141,37 +122,15 @@ pub async fn open(backend: &Backend) -> Result<UpstreamIo, UpstreamError> {
     }
 }
 
-/// Opens a new HTTP/1.1 connection to `backend` within `timeout`. The
-/// connection task runs on the current worker thread.
-pub async fn connect(backend: &Backend, timeout: Duration) -> Result<Sender, UpstreamError> {
-    let attempt = async {
-        let io = open(backend).await?;
-        let (sender, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| UpstreamError::connect(UpstreamErrorKind::Connect, error_chain(&e)))?;
-        tokio::task::spawn_local(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(result) => result,
+/// Opens a new HTTP/1.1 connection to `backend` within `timeout`.
+pub async fn connect(backend: &Backend, timeout: Duration) -> Result<Box<Connection>, UpstreamError> {
+    match tokio::time::timeout(timeout, open(backend)).await {
+        Ok(io) => io.map(|io| Box::new(Connection::new(io))),
         Err(_) => Err(UpstreamError::connect(
             UpstreamErrorKind::Timeout,
             format!("connect {} timed out after {timeout:?}", backend.authority),
         )),
     }
-}
-
-/// Waits until a pooled connection can take a request (it may still be
-/// finishing the previous response's bookkeeping).
-pub async fn ready(sender: &mut Sender, timeout: Duration) -> bool {
-    if sender.is_ready() {
-        return true;
-    }
-    matches!(tokio::time::timeout(timeout, sender.ready()).await, Ok(Ok(())))
 }
 
 /// Plain TCP or TLS to a backend.

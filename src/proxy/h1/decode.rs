@@ -1,4 +1,5 @@
-//! Request body framing, decoded from the connection's read buffer:
+//! Body framing, decoded from a connection's read buffer (request bodies
+//! read by the server, response bodies read by the client):
 //! `Content-Length` bytes, or chunks until the last one and the trailer
 //! section (whose fields are dropped, as RFC 9112 §7.1.2 allows).
 
@@ -69,7 +70,7 @@ impl Decoder {
         loop {
             match *self {
                 Decoder::Done => return Ok(Step::End),
-                Decoder::Failed => return Err(Malformed("the request body was malformed")),
+                Decoder::Failed => return Err(Malformed("the body was malformed")),
                 Decoder::Length(left) | Decoder::Data(left) => {
                     if buf.is_empty() {
                         return Ok(Step::More);
@@ -219,7 +220,7 @@ mod tests {
             assert!(decode_all(d, input, 64).is_err(), "{:?}", String::from_utf8_lossy(input));
             let mut buf = BytesMut::from(input);
             while let Ok(Step::Data(_)) = d.decode(&mut buf) {}
-            assert_eq!(d.decode(&mut buf), Err(Malformed("the request body was malformed")));
+            assert_eq!(d.decode(&mut buf), Err(Malformed("the body was malformed")));
         }
     }
 

@@ -14,6 +14,7 @@
 //! to it whenever a connection waits for its next request with nothing
 //! buffered.
 
+pub mod client;
 mod decode;
 mod parse;
 mod write;
@@ -87,6 +88,9 @@ pub struct Conn {
     shut: Cell<bool>,
     /// Request bodies alive (held by the service or a backend connection).
     bodies: Cell<u32>,
+    /// Part of the current request's body was read (forwarded): what is
+    /// left of it, if abandoned, is not drained but closes the connection.
+    body_started: Cell<bool>,
 }
 
 fn closed() -> io::Error {
@@ -105,6 +109,7 @@ impl Conn {
             body_waker: RefCell::new(None),
             shut: Cell::new(false),
             bodies: Cell::new(0),
+            body_started: Cell::new(false),
         }
     }
 
@@ -226,7 +231,10 @@ impl Conn {
             let step = decoder.decode(&mut self.buf.borrow_mut());
             self.decoder.set(decoder);
             match step {
-                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                Ok(Step::Data(data)) => {
+                    self.body_started.set(true);
+                    return Poll::Ready(Some(Ok(data)));
+                }
                 Ok(Step::End) => return Poll::Ready(None),
                 Err(Malformed(why)) => {
                     self.malformed.set(Some(why));
@@ -524,6 +532,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
         let Head { mut request, framing, keep_alive, expect_continue, upgrade, trailers } = head;
         conn.generation.set(conn.generation.get() + 1);
         conn.decoder.set(framing.into());
+        conn.body_started.set(false);
         conn.continue_sent.set(expect_continue.then_some(0));
         let upgrade = upgrade.then(|| {
             let (sender, receiver) = oneshot::channel();
@@ -570,8 +579,12 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
             Written::Failed => break false,
             Written::Upgraded => return,
         }
-        // The next head comes after this request's body: read what nobody did.
-        if !conn.decoder.get().is_done() && (conn.body_in_use() || !conn.drain_body(Instant::now() + header).await) {
+        // The next head comes after this request's body: read what nobody
+        // did. A body forwarded in part and then abandoned (the backend
+        // answered early) is not waited for: the connection closes.
+        if !conn.decoder.get().is_done()
+            && (conn.body_in_use() || conn.body_started.get() || !conn.drain_body(Instant::now() + header).await)
+        {
             break true;
         }
     };

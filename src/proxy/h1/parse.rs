@@ -71,7 +71,7 @@ fn other_http_version(buf: &[u8]) -> bool {
 }
 
 /// Offsets of one field in the buffer: name start, name end, value start, value end.
-type Span = (usize, usize, usize, usize);
+pub(super) type Span = (usize, usize, usize, usize);
 
 /// Parses the head at the start of `buf`. `Ok(None)`: not complete yet.
 /// A complete head is split off `buf`, leaving what follows it (a body, the
@@ -83,7 +83,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, Rejection> {
 thread_local! {
     /// Field offsets of the head being parsed: reused, so a request costs
     /// neither an allocation nor zeroing a hundred slots.
-    static SPANS: std::cell::RefCell<Vec<Span>> = const { std::cell::RefCell::new(Vec::new()) };
+    pub(super) static SPANS: std::cell::RefCell<Vec<Span>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn parse_into(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>, Rejection> {
@@ -275,7 +275,7 @@ fn valid_host(value: &[u8]) -> bool {
     })
 }
 
-fn trim(mut s: &[u8]) -> &[u8] {
+pub(super) fn trim(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
     }
@@ -286,7 +286,7 @@ fn trim(mut s: &[u8]) -> &[u8] {
 }
 
 /// A Content-Length value: 1 to 18 digits, nothing else (no sign, no space).
-fn content_length(digits: &[u8]) -> Option<u64> {
+pub(super) fn content_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }

@@ -46,10 +46,10 @@ fn date(out: &mut Vec<u8>) {
 }
 
 /// A write buffer from the pool, given back when dropped.
-struct Out(Vec<u8>);
+pub(super) struct Out(pub(super) Vec<u8>);
 
 impl Out {
-    fn take() -> Out {
+    pub(super) fn take() -> Out {
         Out(WRITE_BUFFERS.with_borrow_mut(Vec::pop).unwrap_or_else(|| Vec::with_capacity(4096)))
     }
 }
@@ -108,7 +108,7 @@ fn status_line(out: &mut Vec<u8>, http10: bool, status: StatusCode) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(super) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -252,7 +252,7 @@ pub async fn response(
 }
 
 /// Appends `n` in `radix` (10 or 16) without allocating.
-fn number(out: &mut Vec<u8>, mut n: u64, radix: u64) {
+pub(super) fn number(out: &mut Vec<u8>, mut n: u64, radix: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {

@@ -1,0 +1,663 @@
+//! The HTTP/1.1 client that talks to backends.
+//!
+//! A backend connection belongs to one request at a time: the request's
+//! task writes the head and streams the body straight to the socket, reads
+//! the response head, and hands the connection to the response body, which
+//! gives it back to the worker's pool once the body is complete. There is
+//! no task per connection and no channel between a request and its
+//! connection (hyper's client has both, and they were its largest cost).
+//!
+//! Response framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and
+//! 304; `Transfer-Encoding: chunked`; one `Content-Length`; else until the
+//! backend closes. A framing that cannot be followed exactly (conflicting
+//! lengths, a transfer coding other than chunked) is a protocol error (502),
+//! and a connection whose framing was in any doubt is never used again.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body::{Body as _, SizeHint};
+use tokio::io::AsyncWrite;
+
+use super::decode::{Decoder, Malformed, Step};
+use super::parse::{SPANS, Span, content_length, trim};
+use super::write::{Out, field, number};
+use crate::metrics::UpstreamErrorKind;
+use crate::proxy::body::RequestBody;
+use crate::proxy::stream::Rewind;
+use crate::proxy::upstream::{UpstreamError, UpstreamIo};
+
+/// Read buffers: allocated this size, topped up when less than `MIN_READ` is free.
+const READ_SIZE: usize = 8 * 1024;
+const MIN_READ: usize = 1024;
+/// The most a response head may take.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most fields a response head may have.
+const MAX_FIELDS: usize = 128;
+/// Request body data gathered before it is written.
+const GATHER: usize = 16 * 1024;
+
+/// An open HTTP/1.1 connection to a backend.
+pub struct Connection {
+    io: UpstreamIo,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+}
+
+/// Why a request got no response head.
+pub enum Failure {
+    /// The backend or the connection to it failed. `request`: the request
+    /// back, when none of it was written (`unsent`) or it had no body, so
+    /// that it can be sent again if its method allows.
+    Upstream { error: UpstreamError, request: Option<Box<Request<RequestBody>>>, unsent: bool },
+    /// The client's request body failed (malformed, cut short, or longer
+    /// than its Content-Length): not the backend's fault.
+    Client(io::Error),
+}
+
+impl Failure {
+    fn upstream(error: UpstreamError) -> Failure {
+        Failure::Upstream { error, request: None, unsent: false }
+    }
+}
+
+fn protocol(detail: impl Into<String>) -> UpstreamError {
+    UpstreamError { kind: UpstreamErrorKind::Protocol, connect: false, detail: detail.into() }
+}
+
+fn reset(detail: impl Into<String>) -> UpstreamError {
+    UpstreamError { kind: UpstreamErrorKind::Reset, connect: false, detail: detail.into() }
+}
+
+/// How a request body goes to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Decode(Decoder),
+    /// Until the backend closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+struct Head {
+    response: Response<()>,
+    framing: Framing,
+    /// The connection may carry another request after this response.
+    keep_alive: bool,
+}
+
+impl Connection {
+    pub fn new(io: UpstreamIo) -> Connection {
+        Connection { io, buf: BytesMut::new() }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < MIN_READ {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Whether an idle connection can take a request: still open, and the
+    /// backend sent nothing unasked. Does not wait (and, for plain TCP, makes
+    /// no system call unless the socket was reported readable).
+    pub fn idle_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        // A read that would block: open and quiet. Anything else is a close,
+        // a reset or unasked bytes. (TLS records without data, such as
+        // session tickets, are taken in by rustls and also end in a block.)
+        self.poll_fill(&mut Context::from_waker(Waker::noop())).is_pending()
+    }
+
+    /// Sends `request` and waits for the final response head; interim 1xx
+    /// responses other than 101 are dropped. The response body holds the
+    /// connection from then on.
+    pub async fn send(mut self: Box<Self>, request: Request<RequestBody>) -> Result<Response<UpstreamBody>, Failure> {
+        let head_request = request.method() == Method::HEAD;
+        let mut out = Out::take();
+        let sending = encode_head(&mut out.0, &request);
+        // A head that could not be written at all leaves the request intact.
+        let unsent = |error, request| Failure::Upstream { error, request: Some(Box::new(request)), unsent: true };
+        let written = match poll_fn(|cx| Pin::new(&mut self.io).poll_write(cx, &out.0)).await {
+            Ok(0) => return Err(unsent(reset("backend connection closed"), request)),
+            Ok(n) => n,
+            Err(e) => return Err(unsent(reset(format!("writing the request: {e}")), request)),
+        };
+        out.0.drain(..written);
+        let (parts, mut body) = request.into_parts();
+        let exchange = async {
+            let complete = self.send_body(&mut body, sending, &mut out.0).await?;
+            let head = self.read_head(head_request).await.map_err(Failure::upstream)?;
+            Ok((complete, head))
+        };
+        let (complete, head) = match exchange.await {
+            Ok(done) => done,
+            // A request without a body is still whole.
+            Err(Failure::Upstream { error, .. }) if matches!(body, RequestBody::Empty) => {
+                let request = Some(Box::new(Request::from_parts(parts, body)));
+                return Err(Failure::Upstream { error, request, unsent: false });
+            }
+            Err(failure) => return Err(failure),
+        };
+        drop(out);
+        let Head { response, framing, keep_alive } = head;
+        let state = match framing {
+            Framing::Decode(Decoder::Done) => State::Done,
+            Framing::Decode(decoder) => State::Decode(decoder),
+            Framing::UntilClose => State::UntilClose,
+        };
+        // A request body the backend did not wait for leaves the connection
+        // in an unknown state; so does a body still held by the client side.
+        let reusable = keep_alive
+            && complete
+            && framing != Framing::UntilClose
+            && response.status() != StatusCode::SWITCHING_PROTOCOLS;
+        drop(body);
+        Ok(response.map(|()| UpstreamBody { conn: Some(self), state, reusable }))
+    }
+
+    /// Writes what is left of the head in `out`, then the body. `Ok(false)`:
+    /// the backend began its response before the body was complete, and
+    /// the rest of the body is not sent.
+    async fn send_body(
+        &mut self,
+        body: &mut RequestBody,
+        sending: Sending,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, Failure> {
+        let mut at = 0;
+        let mut sent = 0u64;
+        let mut ended = sending == Sending::None;
+        poll_fn(|cx| {
+            loop {
+                while at < out.len() {
+                    match Pin::new(&mut self.io).poll_write(cx, &out[at..]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(Failure::upstream(reset("backend stopped reading"))));
+                        }
+                        Poll::Ready(Ok(n)) => at += n,
+                        Poll::Ready(Err(e)) => {
+                            return Poll::Ready(Err(Failure::upstream(reset(format!("writing the request: {e}")))));
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+                let blocked = at < out.len();
+                if !blocked {
+                    out.clear();
+                    at = 0;
+                    if ended {
+                        return Pin::new(&mut self.io)
+                            .poll_flush(cx)
+                            .map_ok(|()| true)
+                            .map_err(|e| Failure::upstream(reset(format!("writing the request: {e}"))));
+                    }
+                }
+                // An answer before the body is complete (a 413, a redirect):
+                // stop sending and read it.
+                match self.poll_fill(cx) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Failure::upstream(reset(
+                            "backend closed the connection before the request body was sent",
+                        ))));
+                    }
+                    Poll::Ready(Ok(_)) => return Poll::Ready(Ok(false)),
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Err(Failure::upstream(reset(format!("reading from the backend: {e}")))));
+                    }
+                    Poll::Pending => {}
+                }
+                if blocked {
+                    return Poll::Pending;
+                }
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Pending if out.is_empty() => return Poll::Pending,
+                    // Gathered data goes out before waiting for more.
+                    Poll::Pending => continue,
+                    Poll::Ready(None) => {
+                        match sending {
+                            Sending::Length(n) if sent != n => {
+                                return Poll::Ready(Err(Failure::Client(io::Error::new(
+                                    io::ErrorKind::UnexpectedEof,
+                                    "request body shorter than its Content-Length",
+                                ))));
+                            }
+                            Sending::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+                            _ => {}
+                        }
+                        ended = true;
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Failure::Client(io::Error::other(e)))),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        // Request trailers are dropped (RFC 9112 §7.1.2 allows it).
+                        let Ok(data) = frame.into_data() else { continue };
+                        if data.is_empty() {
+                            continue;
+                        }
+                        sent += data.len() as u64;
+                        match sending {
+                            Sending::Length(n) if sent > n => {
+                                return Poll::Ready(Err(Failure::Client(io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    "request body longer than its Content-Length",
+                                ))));
+                            }
+                            Sending::None => {
+                                return Poll::Ready(Err(Failure::Client(io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    "request body where none was announced",
+                                ))));
+                            }
+                            Sending::Chunked => {
+                                number(out, data.len() as u64, 16);
+                                out.extend_from_slice(b"\r\n");
+                                out.extend_from_slice(&data);
+                                out.extend_from_slice(b"\r\n");
+                            }
+                            Sending::Length(_) => out.extend_from_slice(&data),
+                        }
+                        if out.len() < GATHER {
+                            continue;
+                        }
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Reads until a final response head is complete.
+    async fn read_head(&mut self, head_request: bool) -> Result<Head, UpstreamError> {
+        // Bytes already parsed without finding a complete head.
+        let mut scanned = 0;
+        loop {
+            if self.buf.len() > scanned && self.buf[scanned..].contains(&b'\n') {
+                match parse(&mut self.buf, head_request)? {
+                    Some(head)
+                        if head.response.status().is_informational()
+                            && head.response.status() != StatusCode::SWITCHING_PROTOCOLS =>
+                    {
+                        // 100 Continue, 103 Early Hints: the final answer follows.
+                        scanned = 0;
+                        continue;
+                    }
+                    Some(head) => return Ok(head),
+                    None => {}
+                }
+            }
+            scanned = self.buf.len();
+            match poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(0) if self.buf.is_empty() => return Err(reset("backend closed the connection without a response")),
+                Ok(0) => return Err(protocol("backend closed the connection within the response head")),
+                Ok(_) => {}
+                Err(e) => return Err(reset(format!("reading the response: {e}"))),
+            }
+        }
+    }
+}
+
+/// Writes the request line and fields, and says how the body follows.
+fn encode_head(out: &mut Vec<u8>, request: &Request<RequestBody>) -> Sending {
+    out.extend_from_slice(request.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(request.uri().path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut length = None;
+    for (name, value) in request.headers() {
+        if name == header::CONTENT_LENGTH {
+            length = content_length(trim(value.as_bytes()));
+            if length.is_none() {
+                continue;
+            }
+        }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let body = request.body();
+    let sending = match (length, body.is_end_stream()) {
+        (Some(n), _) => Sending::Length(n),
+        (None, true) => {
+            // RFC 9110 §8.6: methods that carry content say when there is none.
+            if matches!(*request.method(), Method::POST | Method::PUT | Method::PATCH) {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+            Sending::None
+        }
+        (None, false) => match body.size_hint().exact() {
+            Some(n) => {
+                out.extend_from_slice(b"content-length: ");
+                number(out, n, 10);
+                out.extend_from_slice(b"\r\n");
+                Sending::Length(n)
+            }
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Sending::Chunked
+            }
+        },
+    };
+    out.extend_from_slice(b"\r\n");
+    match sending {
+        Sending::Length(0) => Sending::None,
+        s => s,
+    }
+}
+
+/// Parses a response head at the start of `buf`; `Ok(None)`: not complete.
+/// A complete head is split off `buf`.
+fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, UpstreamError> {
+    SPANS.with_borrow_mut(|spans| parse_into(buf, head_request, spans))
+}
+
+fn parse_into(buf: &mut BytesMut, head_request: bool, spans: &mut Vec<Span>) -> Result<Option<Head>, UpstreamError> {
+    let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut fields) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(protocol("response head too large")),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(protocol(format!("invalid response head: {e}"))),
+    };
+    if len > MAX_HEAD {
+        return Err(protocol("response head too large"));
+    }
+    let (Some(code), Some(minor)) = (resp.code, resp.version) else {
+        return Err(protocol("invalid status line"));
+    };
+    let status = StatusCode::from_u16(code).map_err(|_| protocol("invalid status code"))?;
+    let base = buf.as_ptr() as usize;
+    spans.clear();
+    spans.extend(resp.headers.iter().map(|f| {
+        let name = f.name.as_ptr() as usize - base;
+        let value = f.value.as_ptr() as usize - base;
+        (name, name + f.name.len(), value, value + f.value.len())
+    }));
+    let head = buf.split_to(len).freeze();
+    build(&head, status, minor == 0, head_request, spans).map(Some)
+}
+
+fn build(
+    head: &Bytes,
+    status: StatusCode,
+    http10: bool,
+    head_request: bool,
+    spans: &[Span],
+) -> Result<Head, UpstreamError> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
+    let mut length: Option<u64> = None;
+    let mut codings = 0;
+    let mut chunked_last = false;
+    let (mut close, mut keep_alive) = (false, false);
+    for &(ns, ne, vs, ve) in spans {
+        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| protocol("invalid field name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| protocol("invalid field value"))?;
+        let bytes = &head[vs..ve];
+        if name == header::CONTENT_LENGTH {
+            for item in bytes.split(|&b| b == b',') {
+                let n = content_length(trim(item)).ok_or_else(|| protocol("invalid Content-Length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(protocol("conflicting Content-Length values"));
+                }
+                length = Some(n);
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            for coding in bytes.split(|&b| b == b',').map(trim).filter(|c| !c.is_empty()) {
+                codings += 1;
+                chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name == header::CONNECTION {
+            for token in bytes.split(|&b| b == b',').map(trim) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        headers.append(name, value);
+    }
+    let mut keep_alive = !close && (!http10 || keep_alive);
+    let no_body = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if no_body {
+        Framing::Decode(Decoder::Done)
+    } else if codings > 0 {
+        // Only chunked, once, is forwarded as it is meant: any other coding
+        // would reach the client without the field that names it.
+        if codings != 1 || !chunked_last {
+            return Err(protocol("unsupported transfer coding"));
+        }
+        // RFC 9112 §6.3: chunked wins over a Content-Length sent with it,
+        // and the connection is not used again.
+        if length.is_some() || http10 {
+            keep_alive = false;
+        }
+        Framing::Decode(Decoder::Size)
+    } else {
+        match length {
+            Some(0) => Framing::Decode(Decoder::Done),
+            Some(n) => Framing::Decode(Decoder::Length(n)),
+            None => Framing::UntilClose,
+        }
+    };
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
+    *response.headers_mut() = headers;
+    Ok(Head { response, framing, keep_alive })
+}
+
+/// Where a response body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Decode(Decoder),
+    UntilClose,
+    Done,
+}
+
+/// A response body read from its backend connection.
+pub struct UpstreamBody {
+    /// `None` once the body failed or the connection left for a tunnel.
+    conn: Option<Box<Connection>>,
+    state: State,
+    /// The connection may carry another request once this body is complete.
+    reusable: bool,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody").field("state", &self.state).field("reusable", &self.reusable).finish()
+    }
+}
+
+impl UpstreamBody {
+    pub fn is_end_stream(&self) -> bool {
+        self.state == State::Done
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Done => SizeHint::with_exact(0),
+            State::Decode(Decoder::Length(n)) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+
+    /// The next piece of the body; `None` at its end.
+    pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let polled = self.poll_inner(cx);
+        if let Poll::Ready(Some(Err(_))) = polled {
+            self.conn = None;
+        }
+        polled
+    }
+
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(match self.state {
+                State::Done => None,
+                _ => Some(Err(io::Error::new(io::ErrorKind::NotConnected, "backend connection gone"))),
+            });
+        };
+        loop {
+            match &mut self.state {
+                State::Done => return Poll::Ready(None),
+                State::UntilClose => {
+                    if !conn.buf.is_empty() {
+                        return Poll::Ready(Some(Ok(conn.buf.split().freeze())));
+                    }
+                    if ready!(conn.poll_fill(cx))? == 0 {
+                        self.state = State::Done;
+                    }
+                }
+                State::Decode(decoder) => {
+                    let step = decoder.decode(&mut conn.buf);
+                    let done = decoder.is_done();
+                    match step {
+                        Ok(Step::Data(data)) => {
+                            if done {
+                                self.state = State::Done;
+                            }
+                            return Poll::Ready(Some(Ok(data)));
+                        }
+                        Ok(Step::End) => self.state = State::Done,
+                        Ok(Step::More) => {
+                            if ready!(conn.poll_fill(cx))? == 0 {
+                                return Poll::Ready(Some(Err(io::Error::new(
+                                    io::ErrorKind::UnexpectedEof,
+                                    "backend closed the connection within the response body",
+                                ))));
+                            }
+                        }
+                        Err(Malformed(why)) => {
+                            return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, why))));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Once the body is complete: its connection, if it can carry another
+    /// request (kept alive, nothing more sent by the backend).
+    pub fn take_connection(&mut self) -> Option<Box<Connection>> {
+        if self.state != State::Done || !self.reusable {
+            return None;
+        }
+        self.conn.take().filter(|c| c.buf.is_empty())
+    }
+
+    /// After `101 Switching Protocols`: the connection as a tunnel end, with
+    /// whatever the backend already sent after its head.
+    pub fn take_tunnel(&mut self) -> Option<Rewind<UpstreamIo>> {
+        let conn = self.conn.take()?;
+        let Connection { io, buf } = *conn;
+        Some(Rewind::new(buf.freeze(), io))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<Option<Head>, UpstreamError> {
+        parse(&mut BytesMut::from(text), false)
+    }
+
+    fn framing(text: &str) -> (Framing, bool) {
+        let h = head(text).unwrap().unwrap();
+        (h.framing, h.keep_alive)
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+            (Framing::Decode(Decoder::Length(5)), true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            (Framing::Decode(Decoder::Size), true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            (Framing::Decode(Decoder::Size), false),
+            "chunked wins and the connection is not reused"
+        );
+        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), (Framing::UntilClose, true));
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+            (Framing::Decode(Decoder::Done), true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"),
+            (Framing::Decode(Decoder::Length(5)), true)
+        );
+        assert!(!framing("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").1);
+        assert!(!framing("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").1);
+        assert!(framing("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n").1);
+        let h = parse(&mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"), true).unwrap().unwrap();
+        assert_eq!(h.framing, Framing::Decode(Decoder::Done), "no body after HEAD");
+    }
+
+    #[test]
+    fn framings_that_cannot_be_followed_are_protocol_errors() {
+        for text in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "NONSENSE\r\n\r\n",
+            "HTTP/1.1 999999 Big\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+        ] {
+            let error = head(text).err().unwrap_or_else(|| panic!("accepted {text:?}"));
+            assert_eq!(error.kind, UpstreamErrorKind::Protocol, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_head_is_parsed_only_once_complete_and_split_off() {
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Len");
+        assert!(parse(&mut buf, false).unwrap().is_none());
+        buf.extend_from_slice(b"gth: 2\r\n\r\nhi");
+        let h = parse(&mut buf, false).unwrap().unwrap();
+        assert_eq!(h.response.headers()["content-length"], "2");
+        assert_eq!(&buf[..], b"hi");
+        let mut huge = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX: "[..]);
+        huge.extend_from_slice(&vec![b'a'; MAX_HEAD]);
+        assert_eq!(parse(&mut huge, false).err().map(|e| e.kind), Some(UpstreamErrorKind::Protocol));
+    }
+
+    fn encoded(request: Request<RequestBody>) -> (String, Sending) {
+        let mut out = Vec::new();
+        let sending = encode_head(&mut out, &request);
+        (String::from_utf8(out).unwrap(), sending)
+    }
+
+    #[test]
+    fn request_heads_say_how_their_body_follows() {
+        let get = Request::get("/a?b=1").header("host", "x").body(RequestBody::Empty).unwrap();
+        assert_eq!(encoded(get), ("GET /a?b=1 HTTP/1.1\r\nhost: x\r\n\r\n".to_string(), Sending::None));
+        let post = Request::post("/").body(RequestBody::Empty).unwrap();
+        assert_eq!(encoded(post), ("POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n".to_string(), Sending::None));
+        let put = Request::put("/").header("content-length", "7").body(RequestBody::Empty).unwrap();
+        assert_eq!(encoded(put).1, Sending::Length(7));
+    }
+}
