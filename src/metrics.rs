@@ -386,8 +386,9 @@ impl Totals {
 }
 
 impl VersionMetrics {
-    /// A failed upstream attempt that a retry hid from the client.
-    pub fn masked_failure(&self) {
+    /// An upstream failure the status code does not show: an attempt that
+    /// a retry hid from the client, or a body the backend cut after its head.
+    pub fn hidden_failure(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -9,21 +9,24 @@ use std::time::Duration;
 use common::*;
 use http::{Method, StatusCode};
 use serde_json::json;
+use tokio::io::AsyncReadExt;
 
-/// Sends requests from many users until `stop` (bounded).
-fn load(proxy: &Arc<Proxy>, stop: &Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
+/// Sends requests from many users until `stop` (bounded); gives the number
+/// sent and how many were not answered 200.
+fn load(proxy: &Arc<Proxy>, stop: &Arc<AtomicBool>) -> tokio::task::JoinHandle<(usize, usize)> {
     let (proxy, stop) = (proxy.clone(), stop.clone());
     tokio::spawn(async move {
         let mut client = Client::connect(proxy.addr()).await;
-        let mut sent = 0;
+        let (mut sent, mut not_ok) = (0, 0);
         for i in 0..100_000u32 {
             if stop.load(Ordering::SeqCst) {
                 break;
             }
-            client.get("/", &[("cookie", &format!("cutover_id=user{}", i % 1000))]).await;
+            let got = client.get("/", &[("cookie", &format!("cutover_id=user{}", i % 1000))]).await;
             sent += 1;
+            not_ok += usize::from(got.status != StatusCode::OK);
         }
-        sent
+        (sent, not_ok)
     })
 }
 
@@ -87,6 +90,53 @@ async fn canary_answering_500_is_rolled_back_automatically() {
         assert_eq!(got.first_line(), "stable");
     }
     assert_eq!(canary.hits(), hits);
+}
+
+/// Failures that retries hide from clients still count in the canary's
+/// error rate: with one of two canary backends dropping every request, all
+/// clients get their 200 (each failed attempt is retried on the other
+/// backend), and the rollout still rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_hidden_by_retries_still_roll_the_canary_back() {
+    let (stable, canary) = (Backend::named("stable").await, Backend::named("canary").await);
+    let dropper = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bad = dropper.local_addr().unwrap();
+    tokio::spawn(async move {
+        // Reads a request, then closes without an answer.
+        while let Ok((mut socket, _)) = dropper.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await;
+            });
+        }
+    });
+    // Every failed attempt is retried, and the dropping backend is never ejected.
+    let extra = "[retries]\nbudget_ratio = 1.0\nbudget_min_per_sec = 100000\n";
+    let config = two_pool_config(stable.addr, canary.addr, 0.0, extra).replace(
+        &format!("backends = [\"{}\"]", canary.addr),
+        &format!(
+            "backends = [\"{}\", \"{bad}\"]\neject = {{ after = 1000000, base = \"5s\", max = \"5s\" }}",
+            canary.addr
+        ),
+    );
+    let proxy = Arc::new(Proxy::start(&config));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders = [load(&proxy, &stop), load(&proxy, &stop)];
+    let plan = json!({"steps": [20, 50, 100], "interval": "1s", "max_error_rate": 0.01, "min_requests": 20});
+    let (status, body) = proxy.admin_call(Method::POST, "/v1/routes/web/rollout", Some(plan)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let done = wait_for(&proxy, Duration::from_secs(30), |b| b["rollout"].is_null()).await;
+    stop.store(true, Ordering::SeqCst);
+    for l in loaders {
+        let (sent, not_ok) = l.await.unwrap();
+        assert!(sent > 0);
+        assert_eq!(not_ok, 0, "every client got its 200");
+    }
+    assert_eq!((done["weight"].as_f64(), done["halted"].as_bool()), (Some(0.0), Some(true)), "{done}");
+    assert!(done["last_outcome"].as_str().unwrap().contains("error rate"), "{done}");
+    let text = proxy.metrics();
+    assert_eq!(metric(&text, r#"cutover_rollbacks_total{route="web",trigger="error_rate"}"#), 1.0);
+    assert!(metric(&text, r#"cutover_retries_total{result="attempted"}"#) >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

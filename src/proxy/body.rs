@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use super::h1;
 use super::h1::client::UpstreamBody;
 use super::service::Finish;
+use crate::metrics::UpstreamErrorKind;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -142,8 +143,12 @@ impl Body for ResponseBody {
                             f.done(true, *bytes, inner.take_connection());
                         }
                     }
-                    Poll::Ready(Some(Err(_))) => {
+                    Poll::Ready(Some(Err(e))) => {
                         if let Some(f) = finish.take() {
+                            f.body_failed(match e.kind() {
+                                io::ErrorKind::InvalidData => UpstreamErrorKind::Protocol,
+                                _ => UpstreamErrorKind::Reset,
+                            });
                             f.done(false, *bytes, None);
                         }
                     }

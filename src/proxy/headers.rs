@@ -10,8 +10,6 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_CUTOVER_VERSION: HeaderName = HeaderName::from_static("x-cutover-version");
 pub static X_CUTOVER_ROUTE: HeaderName = HeaderName::from_static("x-cutover-route");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -157,46 +155,66 @@ pub struct Forwarded<'a> {
     pub route: &'a HeaderValue,
 }
 
-/// Adds the forwarding fields. `X-Forwarded-For` is appended to (one field,
-/// comma-separated); `-Proto`, `-Host`, `X-Cutover-*` are set by the proxy and
-/// replace whatever the client sent.
-pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarded<'_>) {
-    // Room for the six fields at once: one growth of the map, not several.
-    headers.reserve(6);
-    append_list(headers, &X_FORWARDED_FOR, f.client_ip);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if f.tls { "https" } else { "http" }));
-    match headers.get(header::HOST).cloned() {
-        Some(host) => {
-            headers.insert(X_FORWARDED_HOST.clone(), host);
-        }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
+/// Writes `headers` as HTTP/1.1 field lines for the backend, with this
+/// hop's forwarding fields: `X-Forwarded-For` and `Via` get it appended
+/// (the client's lines merged into one); `X-Forwarded-Proto`, `-Host` (the
+/// Host field) and `X-Cutover-*` replace whatever the client sent. Written
+/// straight into the request head rather than added to the map first.
+/// Returns the body length the fields announce; a Content-Length that is
+/// not a number is left out.
+pub fn write_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, f: &Forwarded<'_>) -> Option<u64> {
+    let (mut forwarded_for, mut via, mut host, mut length) = (false, false, None, None);
+    for (name, value) in headers {
+        match name.as_str() {
+            "x-forwarded-for" => forwarded_for = true,
+            "via" => via = true,
+            "x-forwarded-proto" | "x-forwarded-host" | "x-cutover-version" | "x-cutover-route" => {}
+            "content-length" => {
+                let digits = value.as_bytes();
+                if !digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit) {
+                    length = Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+                    line(out, b"content-length", &[digits]);
+                }
+            }
+            other => {
+                if name == header::HOST {
+                    host = Some(value);
+                }
+                line(out, other.as_bytes(), &[value.as_bytes()]);
+            }
         }
     }
-    append_list(headers, &header::VIA, f.via);
-    headers.insert(X_CUTOVER_VERSION.clone(), HeaderValue::from_static(f.version));
-    headers.insert(X_CUTOVER_ROUTE.clone(), f.route.clone());
+    list(out, b"x-forwarded-for", forwarded_for.then(|| headers.get_all(&X_FORWARDED_FOR)), f.client_ip);
+    line(out, b"x-forwarded-proto", &[if f.tls { b"https" } else { b"http" }]);
+    if let Some(host) = host {
+        line(out, b"x-forwarded-host", &[host.as_bytes()]);
+    }
+    list(out, b"via", via.then(|| headers.get_all(header::VIA)), f.via);
+    line(out, b"x-cutover-version", &[f.version.as_bytes()]);
+    line(out, b"x-cutover-route", &[f.route.as_bytes()]);
+    length
 }
 
-/// Appends `value` to a comma-separated list field, merging existing lines
-/// into one.
-fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
-    let mut existing = headers.get_all(name).iter();
-    let Some(first) = existing.next() else {
-        headers.insert(name.clone(), value.clone());
-        return;
-    };
-    let mut joined = Vec::with_capacity(first.len() + value.len() + 2);
-    joined.extend_from_slice(first.as_bytes());
-    for more in existing {
-        joined.extend_from_slice(b", ");
-        joined.extend_from_slice(more.as_bytes());
+/// One field line, its value written from `parts`.
+fn line(out: &mut Vec<u8>, name: &[u8], parts: &[&[u8]]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    for part in parts {
+        out.extend_from_slice(part);
     }
-    joined.extend_from_slice(b", ");
-    joined.extend_from_slice(value.as_bytes());
-    if let Ok(v) = HeaderValue::from_bytes(&joined) {
-        headers.insert(name.clone(), v);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A comma-separated list field: the client's lines, then this hop's entry.
+fn list(out: &mut Vec<u8>, name: &[u8], existing: Option<header::GetAll<'_, HeaderValue>>, entry: &HeaderValue) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    for value in existing.into_iter().flatten() {
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b", ");
     }
+    out.extend_from_slice(entry.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 backend needs
@@ -259,26 +277,43 @@ mod tests {
 
     #[test]
     fn forwarding_appends_for_and_via_and_replaces_the_rest() {
-        let mut h = map(&[
+        let h = map(&[
             ("host", "shop.example.com"),
             ("x-forwarded-for", "203.0.113.1"),
             ("x-forwarded-for", "198.51.100.2"),
             ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
             ("via", "1.1 edge"),
             ("x-cutover-version", "canary"),
+            ("content-length", "12"),
+            ("accept", "*/*"),
         ]);
         let ip = HeaderValue::from_static("192.0.2.9");
         let via = HeaderValue::from_static("1.1 cutover");
         let route = HeaderValue::from_static("web");
-        add_forwarding(&mut h, &Forwarded { client_ip: &ip, tls: false, via: &via, version: "stable", route: &route });
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.1, 198.51.100.2, 192.0.2.9");
-        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
-        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
-        assert_eq!(h.get("x-forwarded-host").unwrap(), "shop.example.com");
-        assert_eq!(h.get("via").unwrap(), "1.1 edge, 1.1 cutover");
-        assert_eq!(h.get("x-cutover-version").unwrap(), "stable");
-        assert_eq!(h.get("x-cutover-route").unwrap(), "web");
-        assert_eq!(h.get("host").unwrap(), "shop.example.com");
+        let f = Forwarded { client_ip: &ip, tls: false, via: &via, version: "stable", route: &route };
+        let mut out = Vec::new();
+        assert_eq!(write_forwarded(&mut out, &h, &f), Some(12));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "host: shop.example.com\r\n\
+             content-length: 12\r\n\
+             accept: */*\r\n\
+             x-forwarded-for: 203.0.113.1, 198.51.100.2, 192.0.2.9\r\n\
+             x-forwarded-proto: http\r\n\
+             x-forwarded-host: shop.example.com\r\n\
+             via: 1.1 edge, 1.1 cutover\r\n\
+             x-cutover-version: stable\r\n\
+             x-cutover-route: web\r\n"
+        );
+        // Without a Host (HTTP/1.0), no X-Forwarded-Host, not even the client's.
+        let h = map(&[("x-forwarded-host", "evil.example"), ("content-length", "+5")]);
+        let f = Forwarded { tls: true, ..f };
+        let mut out = Vec::new();
+        assert_eq!(write_forwarded(&mut out, &h, &f), None, "not a number");
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("x-forwarded-host") && !text.contains("content-length"), "{text}");
+        assert!(text.contains("x-forwarded-proto: https\r\n"), "{text}");
     }
 
     #[test]

@@ -417,27 +417,25 @@ async fn forward(
         headers::h2_websocket_to_http11(&mut parts.method, &mut parts.headers, rand::random());
     }
     parts.headers.remove(header::EXPECT);
-    headers::add_forwarding(
-        &mut parts.headers,
-        &Forwarded {
-            client_ip: &conn.client_ip_header,
-            tls: conn.tls,
-            via: match client_version {
-                HttpVersion::HTTP_2 => &VIA_2,
-                HttpVersion::HTTP_10 => &VIA_10,
-                _ => &VIA_11,
-            },
-            version: d.version.as_str(),
-            route: &route.header,
+    let forwarded = Forwarded {
+        client_ip: &conn.client_ip_header,
+        tls: conn.tls,
+        via: match client_version {
+            HttpVersion::HTTP_2 => &VIA_2,
+            HttpVersion::HTTP_10 => &VIA_10,
+            _ => &VIA_11,
         },
-    );
+        version: d.version.as_str(),
+        route: &route.header,
+    };
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let origin = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         parts.uri = origin.parse().unwrap_or_else(|_| Uri::from_static("/"));
     }
     parts.version = HttpVersion::HTTP_11;
     let bytes_in = Rc::new(Cell::new(0u64));
-    let body = if body.is_end_stream() {
+    // An upgrade's bytes after the head belong to the tunnel, not to a body.
+    let body = if upgrade || body.is_end_stream() {
         RequestBody::Empty
     } else {
         RequestBody::Client { inner: body, bytes: bytes_in.clone() }
@@ -463,10 +461,14 @@ async fn forward(
             ctx.backend = Some(backend.authority.clone());
         }
         let inflight = InFlight::new(&backend);
-        match send(worker, &backend, request, snap, fresh).await {
+        match send(worker, &backend, request, &forwarded, snap, fresh).await {
             Ok(resp) => {
                 if backend.failures.load(Ordering::Relaxed) != 0 {
                     backend.failures.store(0, Ordering::Relaxed);
+                }
+                if retried {
+                    // The client will not see the failed attempt; the rollout's error rate must.
+                    ctx.metrics.hidden_failure();
                 }
                 return respond(ctx, resp, inflight, client_upgrade.map(|c| (c, h2_websocket)), bytes_in);
             }
@@ -568,6 +570,7 @@ async fn send(
     worker: &Worker,
     backend: &Arc<Backend>,
     request: Request<RequestBody>,
+    forwarded: &Forwarded<'_>,
     snap: &Snapshot,
     fresh: bool,
 ) -> Result<Response<UpstreamBody>, SendError> {
@@ -587,7 +590,7 @@ async fn send(
     let failure = |error, request: Option<Box<Request<RequestBody>>>, unsent| {
         SendError::Upstream(Box::new(SendFailure { error, request: request.map(|r| *r), unsent, reused }))
     };
-    match tokio::time::timeout(timeouts.response, conn.send(request)).await {
+    match tokio::time::timeout(timeouts.response, conn.send(request, forwarded)).await {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(Failure::Upstream { error, request, unsent })) => Err(failure(error, request, unsent)),
         Ok(Err(Failure::Client(e))) => Err(SendError::Client(e)),
@@ -684,6 +687,15 @@ pub struct Finish {
 impl Finish {
     /// `backend`: the connection, when the body was complete and the
     /// connection can carry another request.
+    /// The backend failed within the body, after the head (and its status)
+    /// went to the client.
+    pub fn body_failed(&self, kind: UpstreamErrorKind) {
+        self.metrics.upstream_error(kind);
+        if self.status < 500 {
+            self.metrics.hidden_failure();
+        }
+    }
+
     pub fn done(mut self, complete: bool, bytes_out: u64, backend: Option<Box<Connection>>) {
         if complete && let Some(c) = backend {
             self.worker.connections.put(self.inflight.0.id, c);

@@ -26,9 +26,10 @@ use tokio::io::AsyncWrite;
 
 use super::decode::{Decoder, Malformed, Step};
 use super::parse::{SPANS, Span, content_length, trim};
-use super::write::{Out, field, number};
+use super::write::{Out, number};
 use crate::metrics::UpstreamErrorKind;
 use crate::proxy::body::RequestBody;
+use crate::proxy::headers::{self, Forwarded};
 use crate::proxy::stream::Rewind;
 use crate::proxy::upstream::{UpstreamError, UpstreamIo};
 
@@ -127,10 +128,14 @@ impl Connection {
     /// Sends `request` and waits for the final response head; interim 1xx
     /// responses other than 101 are dropped. The response body holds the
     /// connection from then on.
-    pub async fn send(mut self: Box<Self>, request: Request<RequestBody>) -> Result<Response<UpstreamBody>, Failure> {
+    pub async fn send(
+        mut self: Box<Self>,
+        request: Request<RequestBody>,
+        forwarded: &Forwarded<'_>,
+    ) -> Result<Response<UpstreamBody>, Failure> {
         let head_request = request.method() == Method::HEAD;
         let mut out = Out::take();
-        let sending = encode_head(&mut out.0, &request);
+        let sending = encode_head(&mut out.0, &request, forwarded);
         // A head that could not be written at all leaves the request intact.
         let unsent = |error, request| Failure::Upstream { error, request: Some(Box::new(request)), unsent: true };
         let written = match poll_fn(|cx| Pin::new(&mut self.io).poll_write(cx, &out.0)).await {
@@ -311,22 +316,14 @@ impl Connection {
     }
 }
 
-/// Writes the request line and fields, and says how the body follows.
-fn encode_head(out: &mut Vec<u8>, request: &Request<RequestBody>) -> Sending {
+/// Writes the request line and fields, with this hop's forwarding fields,
+/// and says how the body follows.
+fn encode_head(out: &mut Vec<u8>, request: &Request<RequestBody>, forwarded: &Forwarded<'_>) -> Sending {
     out.extend_from_slice(request.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(request.uri().path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut length = None;
-    for (name, value) in request.headers() {
-        if name == header::CONTENT_LENGTH {
-            length = content_length(trim(value.as_bytes()));
-            if length.is_none() {
-                continue;
-            }
-        }
-        field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
+    let length = headers::write_forwarded(out, request.headers(), forwarded);
     let body = request.body();
     let sending = match (length, body.is_end_stream()) {
         (Some(n), _) => Sending::Length(n),
@@ -441,8 +438,12 @@ fn build(
             return Err(protocol("unsupported transfer coding"));
         }
         // RFC 9112 §6.3: chunked wins over a Content-Length sent with it,
-        // and the connection is not used again.
-        if length.is_some() || http10 {
+        // which a proxy removes; and the connection is not used again.
+        if length.is_some() {
+            headers.remove(header::CONTENT_LENGTH);
+            keep_alive = false;
+        }
+        if http10 {
             keep_alive = false;
         }
         Framing::Decode(Decoder::Size)
@@ -592,11 +593,13 @@ mod tests {
             framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
             (Framing::Decode(Decoder::Size), true)
         );
+        let text = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(
-            framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            framing(text),
             (Framing::Decode(Decoder::Size), false),
-            "chunked wins and the connection is not reused"
+            "chunked wins, the connection is not reused"
         );
+        assert!(head(text).unwrap().unwrap().response.headers().get("content-length").is_none(), "and the length goes");
         assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), (Framing::UntilClose, true));
         assert_eq!(
             framing("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
@@ -646,9 +649,21 @@ mod tests {
     }
 
     fn encoded(request: Request<RequestBody>) -> (String, Sending) {
+        let ip = HeaderValue::from_static("192.0.2.9");
+        let via = HeaderValue::from_static("1.1 cutover");
+        let route = HeaderValue::from_static("web");
+        let f = Forwarded { client_ip: &ip, tls: false, via: &via, version: "stable", route: &route };
         let mut out = Vec::new();
-        let sending = encode_head(&mut out, &request);
-        (String::from_utf8(out).unwrap(), sending)
+        let sending = encode_head(&mut out, &request, &f);
+        // The forwarding fields are tested with headers::write_forwarded.
+        let text: String = String::from_utf8(out)
+            .unwrap()
+            .split_inclusive("\r\n")
+            .filter(|line| {
+                !line.starts_with("x-forwarded-") && !line.starts_with("via:") && !line.starts_with("x-cutover-")
+            })
+            .collect();
+        (text, sending)
     }
 
     #[test]
