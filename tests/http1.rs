@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::wire::{Reader, lossy};
 use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 
 /// Bound on every read and write: nothing in this file can hang.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -133,9 +134,8 @@ impl Wire {
 /// One client connection to the proxy. The write half sits behind a lock so
 /// a large request can be written by a task while the test reads.
 struct Conn {
-    read: OwnedReadHalf,
+    reader: Reader,
     write: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
-    buf: Vec<u8>,
 }
 
 impl Conn {
@@ -143,7 +143,7 @@ impl Conn {
         let stream = tokio::time::timeout(LIMIT, TcpStream::connect(addr)).await.expect("connect in time").unwrap();
         stream.set_nodelay(true).unwrap();
         let (read, write) = stream.into_split();
-        Conn { read, write: Arc::new(tokio::sync::Mutex::new(write)), buf: Vec::new() }
+        Conn { reader: Reader::new(read), write: Arc::new(tokio::sync::Mutex::new(write)) }
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -158,19 +158,6 @@ impl Conn {
         tokio::spawn(async move {
             let _ = write.lock().await.write_all(&bytes).await;
         })
-    }
-
-    /// Reads more bytes; 0 at the end of the stream (a reset counts as one).
-    async fn fill(&mut self) -> Result<usize, String> {
-        let mut chunk = vec![0u8; 64 * 1024];
-        match self.read.read(&mut chunk).await {
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(n)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(0),
-            Err(e) => Err(e.to_string()),
-        }
     }
 
     /// The next response, or `None` when the proxy closed the connection
@@ -188,24 +175,12 @@ impl Conn {
         match tokio::time::timeout(LIMIT, self.read_response(to_head)).await {
             Ok(Ok(wire)) => wire,
             Ok(Err(e)) => panic!("malformed response: {e}"),
-            Err(_) => panic!("no response and no close within {LIMIT:?}; got so far: {:?}", lossy(&self.buf)),
+            Err(_) => panic!("no response and no close within {LIMIT:?}; got so far: {:?}", lossy(&self.reader.buf)),
         }
     }
 
     async fn read_response(&mut self, to_head: bool) -> Result<Option<Wire>, String> {
-        let end = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i;
-            }
-            if self.fill().await? == 0 {
-                return match self.buf.is_empty() {
-                    true => Ok(None),
-                    false => Err(format!("closed inside a response head: {:?}", lossy(&self.buf))),
-                };
-            }
-        };
-        let head: Vec<u8> = self.buf.drain(..end + 4).collect();
-        let head = String::from_utf8(head).map_err(|e| format!("response head not UTF-8: {e}"))?;
+        let Some(head) = self.reader.head().await? else { return Ok(None) };
         let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
         let status_line = lines.next().unwrap_or_default();
         let mut words = status_line.splitn(3, ' ');
@@ -228,68 +203,22 @@ impl Conn {
         if let Some(codings) = wire.header("transfer-encoding") {
             let last = codings.rsplit(',').next().unwrap_or_default().trim();
             wire.body = match last.eq_ignore_ascii_case("chunked") {
-                true => self.read_chunked().await?,
-                false => self.read_to_close().await?,
+                true => self.reader.chunked().await?,
+                false => self.reader.until_closed().await,
             };
         } else if let Some(length) = wire.header("content-length") {
             let length = length.parse().map_err(|_| format!("bad content-length {length:?}"))?;
-            wire.body = self.take(length).await?;
+            wire.body = self.reader.take(length).await?;
         } else {
-            wire.body = self.read_to_close().await?;
+            wire.body = self.reader.until_closed().await;
         }
         Ok(Some(wire))
     }
 
-    async fn take(&mut self, n: usize) -> Result<Vec<u8>, String> {
-        while self.buf.len() < n {
-            if self.fill().await? == 0 {
-                return Err(format!("closed after {} of {n} body bytes", self.buf.len()));
-            }
-        }
-        Ok(self.buf.drain(..n).collect())
-    }
-
-    async fn line(&mut self) -> Result<String, String> {
-        loop {
-            if let Some(i) = find(&self.buf, b"\r\n") {
-                let line: Vec<u8> = self.buf.drain(..i + 2).collect();
-                return Ok(lossy(&line[..i]));
-            }
-            if self.fill().await? == 0 {
-                return Err(format!("closed inside a chunked body: {:?}", lossy(&self.buf)));
-            }
-        }
-    }
-
-    async fn read_chunked(&mut self) -> Result<Vec<u8>, String> {
-        let mut body = Vec::new();
-        loop {
-            let line = self.line().await?;
-            let size = line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size, 16).map_err(|_| format!("bad chunk size line {line:?}"))?;
-            if size == 0 {
-                // Trailer section, up to the empty line.
-                while !self.line().await?.is_empty() {}
-                return Ok(body);
-            }
-            body.extend(self.take(size).await?);
-            let end = self.line().await?;
-            if !end.is_empty() {
-                return Err(format!("chunk data followed by {end:?}, not CRLF"));
-            }
-        }
-    }
-
-    async fn read_to_close(&mut self) -> Result<Vec<u8>, String> {
-        while self.fill().await? > 0 {}
-        Ok(std::mem::take(&mut self.buf))
-    }
-
     /// Asserts that the proxy closes the connection, sending nothing more.
     async fn expect_closed(&mut self) {
-        match tokio::time::timeout(LIMIT, self.read_to_close()).await {
-            Ok(Ok(rest)) => assert!(rest.is_empty(), "bytes after the last response: {:?}", lossy(&rest)),
-            Ok(Err(e)) => panic!("read error instead of a close: {e}"),
+        match tokio::time::timeout(LIMIT, self.reader.until_closed()).await {
+            Ok(rest) => assert!(rest.is_empty(), "bytes after the last response: {:?}", lossy(&rest)),
             Err(_) => panic!("the proxy kept the connection open for {LIMIT:?}"),
         }
     }
@@ -313,14 +242,6 @@ impl Conn {
         writer.abort();
         status
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// A chunked body of `chunks` (empty ones skipped), last chunk included.

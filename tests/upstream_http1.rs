@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::wire::{Reader, lossy};
 use common::{Proxy, eventually, metric, two_pool_config};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Bound on every wait: nothing in this file can hang.
@@ -33,14 +34,6 @@ async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
         Ok(done) => done,
         Err(_) => panic!("{what}: nothing within {LIMIT:?}"),
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// `n` bytes that are not all alike, so a lost or shifted byte shows.
@@ -60,88 +53,6 @@ fn fields<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<(String, String)> {
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-}
-
-// ------------------------------------------------------------ wire reading
-
-/// Bytes read off a socket and not yet consumed, with the HTTP/1.1 framing
-/// both ends of these tests need. Errors for a stream that ended midway
-/// start with "closed".
-struct Reader {
-    read: OwnedReadHalf,
-    buf: Vec<u8>,
-}
-
-impl Reader {
-    /// Reads more; 0 at the end of the stream (a reset counts as one).
-    async fn fill(&mut self) -> usize {
-        self.buf.reserve(16 * 1024);
-        self.read.read_buf(&mut self.buf).await.unwrap_or(0)
-    }
-
-    /// A head without its blank line; `None` when the stream ended before its first byte.
-    async fn head(&mut self) -> Result<Option<String>, String> {
-        loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                let head: Vec<u8> = self.buf.drain(..i + 4).collect();
-                return Ok(Some(lossy(&head[..i])));
-            }
-            if self.fill().await == 0 {
-                return match self.buf.is_empty() {
-                    true => Ok(None),
-                    false => Err(format!("closed inside a head: {:?}", lossy(&self.buf))),
-                };
-            }
-        }
-    }
-
-    async fn take(&mut self, n: usize) -> Result<Vec<u8>, String> {
-        while self.buf.len() < n {
-            if self.fill().await == 0 {
-                return Err(format!("closed after {} of {n} body bytes", self.buf.len()));
-            }
-        }
-        Ok(self.buf.drain(..n).collect())
-    }
-
-    async fn line(&mut self) -> Result<String, String> {
-        loop {
-            if let Some(i) = find(&self.buf, b"\r\n") {
-                let line: Vec<u8> = self.buf.drain(..i + 2).collect();
-                return Ok(lossy(&line[..i]));
-            }
-            if self.fill().await == 0 {
-                return Err(format!("closed inside a chunked body: {:?}", lossy(&self.buf)));
-            }
-        }
-    }
-
-    /// A chunked body, decoded; the trailer section is read and dropped.
-    async fn chunked(&mut self) -> Result<Vec<u8>, String> {
-        let mut body = Vec::new();
-        loop {
-            let line = self.line().await?;
-            let size = line.split(';').next().unwrap_or_default().trim();
-            if size.is_empty() || !size.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!("bad chunk size line {line:?}"));
-            }
-            let size = usize::from_str_radix(size, 16).map_err(|_| format!("chunk size {line:?}"))?;
-            if size == 0 {
-                while !self.line().await?.is_empty() {}
-                return Ok(body);
-            }
-            body.extend(self.take(size).await?);
-            let end = self.line().await?;
-            if !end.is_empty() {
-                return Err(format!("chunk data followed by {end:?}, not CRLF"));
-            }
-        }
-    }
-
-    async fn until_closed(&mut self) -> Vec<u8> {
-        while self.fill().await > 0 {}
-        std::mem::take(&mut self.buf)
-    }
 }
 
 // ------------------------------------------------------------- raw backend
@@ -305,7 +216,7 @@ impl Drop for RawBackend {
 async fn serve(stream: TcpStream, conn: usize, script: &Script, received: &Mutex<Vec<Received>>) {
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
-    let mut reader = Reader { read, buf: Vec::new() };
+    let mut reader = Reader::new(read);
     for nth in 0.. {
         let Ok(Ok(Some(text))) = tokio::time::timeout(LIMIT, reader.head()).await else { return };
         let head = Head::parse(&text, nth);
@@ -418,7 +329,7 @@ impl Conn {
         let stream = within("connect to the proxy", TcpStream::connect(addr)).await.expect("connect");
         stream.set_nodelay(true).unwrap();
         let (read, write) = stream.into_split();
-        Conn { reader: Reader { read, buf: Vec::new() }, write: Arc::new(tokio::sync::Mutex::new(write)) }
+        Conn { reader: Reader::new(read), write: Arc::new(tokio::sync::Mutex::new(write)) }
     }
 
     async fn send(&mut self, bytes: &[u8]) {

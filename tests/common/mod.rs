@@ -2,6 +2,8 @@
 //! (ports from 0), a small HTTP client, and helpers to run the binary.
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

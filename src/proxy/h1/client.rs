@@ -288,10 +288,12 @@ impl Connection {
 
     /// Reads until a final response head is complete.
     async fn read_head(&mut self, head_request: bool) -> Result<Head, UpstreamError> {
-        // Bytes already parsed without finding a complete head.
+        // Bytes already parsed without finding a complete head: a head ends
+        // with a line feed, so it is parsed again only when a line ends (or
+        // when it has grown past the limit, which the parse then reports).
         let mut scanned = 0;
         loop {
-            if self.buf.len() > scanned && self.buf[scanned..].contains(&b'\n') {
+            if self.buf.len() > scanned && (self.buf.len() >= MAX_HEAD || self.buf[scanned..].contains(&b'\n')) {
                 match parse(&mut self.buf, head_request)? {
                     Some(head)
                         if head.response.status().is_informational()
@@ -646,6 +648,27 @@ mod tests {
         let mut huge = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX: "[..]);
         huge.extend_from_slice(&vec![b'a'; MAX_HEAD]);
         assert_eq!(parse(&mut huge, false).err().map(|e| e.kind), Some(UpstreamErrorKind::Protocol));
+    }
+
+    #[tokio::test]
+    async fn a_head_line_that_never_ends_fails_at_the_limit() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let io = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut backend, _) = listener.accept().await.unwrap();
+        let mut conn = Connection::new(crate::proxy::stream::MaybeTls::Plain(io));
+        let writer = tokio::spawn(async move {
+            backend.write_all(b"HTTP/1.1 200 OK\r\nX-Endless: ").await.unwrap();
+            // No line feed ever, and the connection stays open.
+            let _ = backend.write_all(&vec![b'a'; 4 * MAX_HEAD]).await;
+            backend
+        });
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read_head(false)).await;
+        let error = read.expect("the read ends by itself").err().expect("an error");
+        assert_eq!((error.kind, error.detail.as_str()), (UpstreamErrorKind::Protocol, "response head too large"));
+        assert!(conn.buf.len() < MAX_HEAD + 2 * READ_SIZE, "buffered {}", conn.buf.len());
+        drop(conn);
+        let _ = writer.await;
     }
 
     fn encoded(request: Request<RequestBody>) -> (String, Sending) {
