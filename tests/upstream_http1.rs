@@ -474,6 +474,25 @@ async fn a_chunked_response_with_extensions_and_trailers_arrives_decoded_and_the
     assert_eq!(backend.accepts(), 1, "the trailer section was consumed and the connection reused");
 }
 
+/// RFC 9112 §7.1.2: trailer fields of a chunked response reach a client
+/// that accepts them (`TE: trailers`); others get the body without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailer_fields_reach_a_client_that_accepts_them() {
+    let backend = RawBackend::start(|_| {
+        Reply::keep(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Checksum: abc\r\nX-Other:  1 \r\n\r\n"[..])
+    })
+    .await;
+    let proxy = proxy(&backend, "");
+    let mut client = Conn::open(proxy.addr()).await;
+    let got = client.roundtrip(b"GET /t HTTP/1.1\r\nHost: example.com\r\nTE: trailers\r\n\r\n").await;
+    assert_eq!((got.status, got.text().as_str()), (200, "ok"));
+    assert_eq!(client.reader.trailers, ["x-checksum: abc", "x-other: 1"]);
+    let got = client.get("/plain").await;
+    assert_eq!((got.status, got.text().as_str()), (200, "ok"));
+    assert!(client.reader.trailers.is_empty(), "{:?}", client.reader.trailers);
+    assert_eq!(backend.accepts(), 1);
+}
+
 /// RFC 9112 §6.3 (8): without Content-Length or chunked, the body runs to
 /// the close; the connection is then done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,10 +125,12 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Upstream { inner, bytes, finish } => {
-                let polled = inner.poll_data(cx);
+                let polled = inner.poll_frame(cx);
                 match &polled {
-                    Poll::Ready(Some(Ok(data))) => {
-                        *bytes += data.len() as u64;
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            *bytes += data.len() as u64;
+                        }
                         // The writer stops polling a body that says it has
                         // ended (Content-Length reached): finish here, or the
                         // connection would never go back to the pool.
@@ -154,7 +156,7 @@ impl Body for ResponseBody {
                     }
                     Poll::Pending => {}
                 }
-                polled.map(|frame| frame.map(|data| data.map(Frame::data)))
+                polled
             }
         }
     }

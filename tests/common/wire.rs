@@ -18,11 +18,13 @@ pub fn lossy(bytes: &[u8]) -> String {
 pub struct Reader {
     read: OwnedReadHalf,
     pub buf: Vec<u8>,
+    /// The trailer field lines of the last chunked body read.
+    pub trailers: Vec<String>,
 }
 
 impl Reader {
     pub fn new(read: OwnedReadHalf) -> Reader {
-        Reader { read, buf: Vec::new() }
+        Reader { read, buf: Vec::new(), trailers: Vec::new() }
     }
 
     /// Reads more; 0 at the end of the stream (a reset counts as one).
@@ -68,7 +70,7 @@ impl Reader {
         }
     }
 
-    /// A chunked body, decoded; the trailer section is read and dropped.
+    /// A chunked body, decoded; its trailer lines go to `trailers`.
     pub async fn chunked(&mut self) -> Result<Vec<u8>, String> {
         let mut body = Vec::new();
         loop {
@@ -79,8 +81,14 @@ impl Reader {
             }
             let size = usize::from_str_radix(size, 16).map_err(|_| format!("chunk size {line:?}"))?;
             if size == 0 {
-                while !self.line().await?.is_empty() {}
-                return Ok(body);
+                self.trailers.clear();
+                loop {
+                    let line = self.line().await?;
+                    if line.is_empty() {
+                        return Ok(body);
+                    }
+                    self.trailers.push(line);
+                }
             }
             body.extend(self.take(size).await?);
             let end = self.line().await?;

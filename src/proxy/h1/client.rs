@@ -21,7 +21,7 @@ use std::task::{Context, Poll, Waker, ready};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
-use http_body::{Body as _, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 
 use super::decode::{Decoder, Malformed, Step};
@@ -173,7 +173,7 @@ impl Connection {
             && framing != Framing::UntilClose
             && response.status() != StatusCode::SWITCHING_PROTOCOLS;
         drop(body);
-        Ok(response.map(|()| UpstreamBody { conn: Some(self), state, reusable }))
+        Ok(response.map(|()| UpstreamBody { conn: Some(self), state, reusable, trailers: None }))
     }
 
     /// Writes what is left of the head in `out`, then the body. `Ok(false)`:
@@ -463,6 +463,17 @@ fn build(
     Ok(Head { response, framing, keep_alive })
 }
 
+/// One trailer field line (`name: value`); a line that is not a valid field
+/// is dropped.
+fn trailer_field(line: &Bytes) -> Option<(HeaderName, HeaderValue)> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+    let value = trim(&line[colon + 1..]);
+    let start = value.as_ptr() as usize - line.as_ptr() as usize;
+    let value = HeaderValue::from_maybe_shared(line.slice(start..start + value.len())).ok()?;
+    Some((name, value))
+}
+
 /// Where a response body stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -478,6 +489,8 @@ pub struct UpstreamBody {
     state: State,
     /// The connection may carry another request once this body is complete.
     reusable: bool,
+    /// Trailer fields of a chunked body, given out after its last data.
+    trailers: Option<HeaderMap>,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -499,8 +512,8 @@ impl UpstreamBody {
         }
     }
 
-    /// The next piece of the body; `None` at its end.
-    pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+    /// The next piece of the body (data, then any trailer fields); `None` at its end.
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         let polled = self.poll_inner(cx);
         if let Poll::Ready(Some(Err(_))) = polled {
             self.conn = None;
@@ -508,7 +521,7 @@ impl UpstreamBody {
         polled
     }
 
-    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(match self.state {
                 State::Done => None,
@@ -520,7 +533,7 @@ impl UpstreamBody {
                 State::Done => return Poll::Ready(None),
                 State::UntilClose => {
                     if !conn.buf.is_empty() {
-                        return Poll::Ready(Some(Ok(conn.buf.split().freeze())));
+                        return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
                     }
                     if ready!(conn.poll_fill(cx))? == 0 {
                         self.state = State::Done;
@@ -534,9 +547,19 @@ impl UpstreamBody {
                             if done {
                                 self.state = State::Done;
                             }
-                            return Poll::Ready(Some(Ok(data)));
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
-                        Ok(Step::End) => self.state = State::Done,
+                        Ok(Step::Trailer(line)) => {
+                            if let Some((name, value)) = trailer_field(&line) {
+                                self.trailers.get_or_insert_with(HeaderMap::new).append(name, value);
+                            }
+                        }
+                        Ok(Step::End) => {
+                            self.state = State::Done;
+                            if let Some(trailers) = self.trailers.take() {
+                                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                            }
+                        }
                         Ok(Step::More) => {
                             if ready!(conn.poll_fill(cx))? == 0 {
                                 return Poll::Ready(Some(Err(io::Error::new(

@@ -1,7 +1,8 @@
 //! Body framing, decoded from a connection's read buffer (request bodies
 //! read by the server, response bodies read by the client):
 //! `Content-Length` bytes, or chunks until the last one and the trailer
-//! section (whose fields are dropped, as RFC 9112 §7.1.2 allows).
+//! section, whose field lines are handed out one by one (the server drops
+//! them, as RFC 9112 §7.1.2 allows; the client passes them on).
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -34,6 +35,8 @@ pub enum Decoder {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
     Data(Bytes),
+    /// A trailer field line, without its CRLF.
+    Trailer(Bytes),
     End,
     /// More bytes are needed from the connection.
     More,
@@ -122,10 +125,15 @@ impl Decoder {
                     if !empty && !line.contains(&b':') {
                         return Err(Malformed("malformed trailer field"));
                     }
-                    buf.advance(end + 1);
-                    *self = if empty { Decoder::Done } else { Decoder::Trailers(seen + end + 1) };
                     if seen + end + 1 > MAX_TRAILERS {
                         return Err(Malformed("trailer section too large"));
+                    }
+                    let line = buf.split_to(end + 1);
+                    if empty {
+                        *self = Decoder::Done;
+                    } else {
+                        *self = Decoder::Trailers(seen + end + 1);
+                        return Ok(Step::Trailer(line.freeze().slice(..end - 1)));
                     }
                 }
             }
@@ -174,6 +182,7 @@ mod tests {
         loop {
             match d.decode(&mut buf)? {
                 Step::Data(b) => body.extend_from_slice(&b),
+                Step::Trailer(_) => {}
                 Step::End => return Ok((body, buf.to_vec())),
                 Step::More => {
                     if fed == input.len() {
@@ -199,6 +208,16 @@ mod tests {
     }
 
     #[test]
+    fn trailer_lines_come_out_one_by_one() {
+        let mut d = Decoder::Size;
+        let mut buf = BytesMut::from(&b"0\r\nX-Sum: 1\r\nX-Other: two\r\n\r\nnext"[..]);
+        assert_eq!(d.decode(&mut buf), Ok(Step::Trailer(Bytes::from_static(b"X-Sum: 1"))));
+        assert_eq!(d.decode(&mut buf), Ok(Step::Trailer(Bytes::from_static(b"X-Other: two"))));
+        assert_eq!(d.decode(&mut buf), Ok(Step::End));
+        assert_eq!(&buf[..], b"next");
+    }
+
+    #[test]
     fn content_length_bodies_stop_at_their_length() {
         let (body, rest) = decode_all(Decoder::Length(5), b"helloGET", 3).unwrap();
         assert_eq!(body, b"hello");
@@ -219,7 +238,7 @@ mod tests {
             let mut d = Decoder::Size;
             assert!(decode_all(d, input, 64).is_err(), "{:?}", String::from_utf8_lossy(input));
             let mut buf = BytesMut::from(input);
-            while let Ok(Step::Data(_)) = d.decode(&mut buf) {}
+            while let Ok(Step::Data(_) | Step::Trailer(_)) = d.decode(&mut buf) {}
             assert_eq!(d.decode(&mut buf), Err(Malformed("the body was malformed")));
         }
     }

@@ -235,6 +235,8 @@ impl Conn {
                     self.body_started.set(true);
                     return Poll::Ready(Some(Ok(data)));
                 }
+                // Trailer fields of a request are dropped (RFC 9112 §7.1.2).
+                Ok(Step::Trailer(_)) => {}
                 Ok(Step::End) => return Poll::Ready(None),
                 Err(Malformed(why)) => {
                     self.malformed.set(Some(why));
