@@ -489,8 +489,9 @@ pub struct UpstreamBody {
     state: State,
     /// The connection may carry another request once this body is complete.
     reusable: bool,
-    /// Trailer fields of a chunked body, given out after its last data.
-    trailers: Option<HeaderMap>,
+    /// Trailer fields of a chunked body, given out after its last data
+    /// (boxed: the body moves with every response, trailers are rare).
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -551,13 +552,13 @@ impl UpstreamBody {
                         }
                         Ok(Step::Trailer(line)) => {
                             if let Some((name, value)) = trailer_field(&line) {
-                                self.trailers.get_or_insert_with(HeaderMap::new).append(name, value);
+                                self.trailers.get_or_insert_with(Box::default).append(name, value);
                             }
                         }
                         Ok(Step::End) => {
                             self.state = State::Done;
                             if let Some(trailers) = self.trailers.take() {
-                                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                                return Poll::Ready(Some(Ok(Frame::trailers(*trailers))));
                             }
                         }
                         Ok(Step::More) => {
