@@ -7,12 +7,6 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use cutover::ctl;
 
-/// mimalloc: per-thread free lists suit workers that allocate and free a
-/// request's small buffers on one thread (fewer instructions per request
-/// than glibc's malloc, see README "Benchmarks").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "cutover",
