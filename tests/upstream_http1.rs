@@ -991,6 +991,29 @@ async fn request_bodies_reach_the_backend_exactly_with_valid_framing() {
     }
 }
 
+/// `Upgrade` fields on a request with a body are no upgrade (the body's
+/// bytes cannot also be a tunnel's): the body reaches the backend and the
+/// fields do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_fields_on_a_request_with_a_body_forward_it_as_a_plain_request() {
+    let backend = RawBackend::start(|head| Reply::keep(ok(&head.path))).await;
+    let proxy = proxy(&backend, "");
+    let mut client = Conn::open(proxy.addr()).await;
+    let got = client
+        .roundtrip(
+            b"POST /form HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Content-Length: 11\r\n\r\nhello world",
+        )
+        .await;
+    assert_eq!((got.status, got.text().as_str()), (200, "/form"));
+    let received = backend.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].body, Some(Ok(b"hello world".to_vec())));
+    let head = &received[0].head;
+    assert!(head.field("upgrade").is_none() && head.field("connection").is_none(), "{:?}", head.fields);
+    assert_eq!(client.get("/next").await.text(), "/next", "the connection carries on");
+}
+
 /// A chunked request body that breaks its framing is the client's fault:
 /// 400 for the client, and neither a 502 nor an upstream error in the
 /// metrics, which feed the canary's error rate and would blame the backend.

@@ -400,7 +400,11 @@ async fn forward(
 
     // Phase 3: the upstream head.
     let h2_websocket = headers::is_h2_websocket(&req);
-    let upgrade = h2_websocket || headers::is_upgrade(req.headers());
+    // An upgrade is what the client side can carry out: a WebSocket over
+    // HTTP/2, or an HTTP/1.1 request the server will hand its stream over
+    // for (never one with a body). Upgrade fields on anything else are
+    // hop-by-hop fields like any other.
+    let upgrade = h2_websocket || req.extensions().get::<super::h1::Upgrade>().is_some();
     let client_upgrade = upgrade.then(|| ClientUpgrade::of(&mut req));
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
@@ -434,7 +438,7 @@ async fn forward(
     }
     parts.version = HttpVersion::HTTP_11;
     let bytes_in = Rc::new(Cell::new(0u64));
-    // An upgrade's bytes after the head belong to the tunnel, not to a body.
+    // After an upgrade's head come the tunnel's bytes, not a body.
     let body = if upgrade || body.is_end_stream() {
         RequestBody::Empty
     } else {
