@@ -94,8 +94,7 @@ fn header_rewriting_of_a_browser_request_allocates_nothing() {
     // The backend's head is written into a (pooled) buffer with room to spare.
     let mut out = Vec::with_capacity(4096);
     let n = allocations(|| {
-        let upgrade = headers::is_upgrade(&headers);
-        headers::remove_hop_by_hop(&mut headers, upgrade);
+        headers::remove_hop_by_hop(&mut headers, false);
         headers::write_forwarded(
             &mut out,
             &headers,

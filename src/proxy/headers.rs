@@ -15,21 +15,6 @@ pub static X_CUTOVER_ROUTE: HeaderName = HeaderName::from_static("x-cutover-rout
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Whether the request asks for a protocol upgrade (`Connection: upgrade` and
-/// an `Upgrade` field), e.g. WebSocket.
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 /// Whether an HTTP/2 request opens a WebSocket by extended CONNECT
 /// (RFC 8441): `:method CONNECT` with `:protocol websocket`.
 pub fn is_h2_websocket<B>(req: &http::Request<B>) -> bool {
@@ -268,7 +253,6 @@ mod tests {
     #[test]
     fn upgrade_keeps_upgrade_and_connection_upgrade() {
         let mut h = map(&[("connection", "Upgrade, x-private"), ("upgrade", "websocket"), ("x-private", "1")]);
-        assert!(is_upgrade(&h));
         remove_hop_by_hop(&mut h, true);
         assert_eq!(h.get("connection").unwrap(), "upgrade");
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
