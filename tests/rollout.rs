@@ -41,20 +41,29 @@ async fn wait_for(proxy: &Proxy, limit: Duration, check: impl Fn(&serde_json::Va
     }
 }
 
+/// Runs the rollout 20, 50, 100 (one-second steps, 1% error limit) under
+/// load from two clients until it ends; gives the route's final view and,
+/// per client, the requests sent and those not answered 200.
+async fn rollout_under_load(proxy: &Arc<Proxy>) -> (serde_json::Value, Vec<(usize, usize)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders = [load(proxy, &stop), load(proxy, &stop)];
+    let plan = json!({"steps": [20, 50, 100], "interval": "1s", "max_error_rate": 0.01, "min_requests": 20});
+    let (status, body) = proxy.admin_call(Method::POST, "/v1/routes/web/rollout", Some(plan)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let done = wait_for(proxy, Duration::from_secs(30), |b| b["rollout"].is_null()).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut counts = Vec::new();
+    for l in loaders {
+        counts.push(l.await.unwrap());
+    }
+    (done, counts)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_canary_reaches_100() {
     let (stable, canary) = (Backend::named("stable").await, Backend::named("canary").await);
     let proxy = Arc::new(Proxy::start(&two_pool_config(stable.addr, canary.addr, 0.0, "")));
-    let stop = Arc::new(AtomicBool::new(false));
-    let loaders = [load(&proxy, &stop), load(&proxy, &stop)];
-    let plan = json!({"steps": [20, 50, 100], "interval": "1s", "max_error_rate": 0.01, "min_requests": 20});
-    let (status, body) = proxy.admin_call(Method::POST, "/v1/routes/web/rollout", Some(plan)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let done = wait_for(&proxy, Duration::from_secs(30), |b| b["rollout"].is_null()).await;
-    stop.store(true, Ordering::SeqCst);
-    for l in loaders {
-        l.await.unwrap();
-    }
+    let (done, _) = rollout_under_load(&proxy).await;
     assert_eq!(done["weight"].as_f64(), Some(100.0), "{done}");
     assert_eq!(done["halted"].as_bool(), Some(false));
     assert_eq!(done["last_outcome"].as_str(), Some("completed at 100%"));
@@ -68,16 +77,7 @@ async fn healthy_canary_reaches_100() {
 async fn canary_answering_500_is_rolled_back_automatically() {
     let (stable, canary) = (Backend::named("stable").await, Backend::status("canary", 500).await);
     let proxy = Arc::new(Proxy::start(&two_pool_config(stable.addr, canary.addr, 0.0, "")));
-    let stop = Arc::new(AtomicBool::new(false));
-    let loaders = [load(&proxy, &stop), load(&proxy, &stop)];
-    let plan = json!({"steps": [20, 50, 100], "interval": "1s", "max_error_rate": 0.01, "min_requests": 20});
-    let (status, _) = proxy.admin_call(Method::POST, "/v1/routes/web/rollout", Some(plan)).await;
-    assert_eq!(status, StatusCode::OK);
-    let done = wait_for(&proxy, Duration::from_secs(30), |b| b["rollout"].is_null()).await;
-    stop.store(true, Ordering::SeqCst);
-    for l in loaders {
-        l.await.unwrap();
-    }
+    let (done, _) = rollout_under_load(&proxy).await;
     assert_eq!((done["weight"].as_f64(), done["halted"].as_bool()), (Some(0.0), Some(true)), "{done}");
     assert!(done["last_outcome"].as_str().unwrap().contains("error rate 100.00%"), "{done}");
     let text = proxy.metrics();
@@ -120,15 +120,8 @@ async fn failures_hidden_by_retries_still_roll_the_canary_back() {
         ),
     );
     let proxy = Arc::new(Proxy::start(&config));
-    let stop = Arc::new(AtomicBool::new(false));
-    let loaders = [load(&proxy, &stop), load(&proxy, &stop)];
-    let plan = json!({"steps": [20, 50, 100], "interval": "1s", "max_error_rate": 0.01, "min_requests": 20});
-    let (status, body) = proxy.admin_call(Method::POST, "/v1/routes/web/rollout", Some(plan)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let done = wait_for(&proxy, Duration::from_secs(30), |b| b["rollout"].is_null()).await;
-    stop.store(true, Ordering::SeqCst);
-    for l in loaders {
-        let (sent, not_ok) = l.await.unwrap();
+    let (done, counts) = rollout_under_load(&proxy).await;
+    for (sent, not_ok) in counts {
         assert!(sent > 0);
         assert_eq!(not_ok, 0, "every client got its 200");
     }
