@@ -14,7 +14,6 @@ use hyper::body::Incoming;
 use super::h1;
 use super::h1::client::UpstreamBody;
 use super::service::Finish;
-use crate::metrics::UpstreamErrorKind;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -147,10 +146,7 @@ impl Body for ResponseBody {
                     }
                     Poll::Ready(Some(Err(e))) => {
                         if let Some(f) = finish.take() {
-                            f.body_failed(match e.kind() {
-                                io::ErrorKind::InvalidData => UpstreamErrorKind::Protocol,
-                                _ => UpstreamErrorKind::Reset,
-                            });
+                            f.body_failed(UpstreamBody::failure_kind(e));
                             f.done(false, *bytes, None);
                         }
                     }

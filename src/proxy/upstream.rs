@@ -90,17 +90,6 @@ impl UpstreamError {
     }
 }
 
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// Opens the transport to `backend`: TCP, then TLS when the pool says so.
 pub async fn open(backend: &Backend) -> Result<UpstreamIo, UpstreamError> {
     let tcp = match backend.addr {

@@ -166,8 +166,8 @@ impl Connection {
             Framing::Decode(decoder) => State::Decode(decoder),
             Framing::UntilClose => State::UntilClose,
         };
-        // A request body the backend did not wait for leaves the connection
-        // in an unknown state; so does a body still held by the client side.
+        // A request body the backend did not wait for (an early answer)
+        // leaves the connection in an unknown state.
         let reusable = keep_alive
             && complete
             && framing != Framing::UntilClose
@@ -510,6 +510,15 @@ impl UpstreamBody {
             State::Done => SizeHint::with_exact(0),
             State::Decode(Decoder::Length(n)) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
+        }
+    }
+
+    /// What a failure of this body was on the backend's side: a framing
+    /// it broke (`InvalidData`, from the decoder) or a connection it lost.
+    pub fn failure_kind(error: &io::Error) -> UpstreamErrorKind {
+        match error.kind() {
+            io::ErrorKind::InvalidData => UpstreamErrorKind::Protocol,
+            _ => UpstreamErrorKind::Reset,
         }
     }
 
