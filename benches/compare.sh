@@ -291,23 +291,16 @@ reload_section() {
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
     wait_port "$(port_of cutover)"
-    local url=http://127.0.0.1:$(port_of cutover)/ length=$((RELOADS * 2 + 2))
+    local url=http://127.0.0.1:$(port_of cutover)/ length=$((RELOADS * 2 + 4))
     local w=(taskset -c "$LOAD_CPU" wrk -t1 -c4 --latency -s "$HERE/compare/users.lua" -d "${length}s" "$url")
     "${w[@]}" >"$WORK/reload-baseline.out" 2>&1
     "${w[@]}" >"$WORK/reload-under.out" 2>&1 &
-    local client=$! times=() start end
-    sleep 1
-    for i in $(seq "$RELOADS"); do
-        # A real change (one route's weight), so the reload builds a new snapshot.
-        sed -i "0,/^weight = [0-9]*/s//weight = $((5 + i))/" "$config"
-        start=$(date +%s%N)
-        "$CUTOVER" ctl -c "$config" reload >/dev/null
-        end=$(date +%s%N)
-        times+=("$(((end - start) / 1000))")
-        sleep 2
-    done
+    local client=$!
+    # One more client, the stall probe, which also does the reloads.
+    taskset -c "$LOAD_CPU" python3 "$HERE/compare/probe.py" 127.0.0.1 "$(port_of cutover)" "$WORK/admin.sock" \
+        "$config" "$RELOADS" >"$WORK/probe.out" || echo "the stall probe failed" >&2
     wait "$client" || true
-    echo "reload wall time (ctl reload, parse + validate + swap), ms: $(printf '%s\n' "${times[@]}" | awk '{ printf "%s%.1f", (NR > 1 ? " " : ""), $1 / 1000 }')"
+    head -1 "$WORK/probe.out"
     echo "| run | req/s | p99 ms | p99.9 ms | p99.99 ms | max ms | errors |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
     local run
@@ -322,6 +315,8 @@ reload_section() {
                   (run == "under" ? "with reloads" : "no reload"), rps, p99, t1 / 1000, t2 / 1000, mx / 1000, e }
         ' "$WORK/reload-$run.out"
     done
+    echo "stall probe (one more connection, requests back to back; \"during\" = overlapping a reload's round trip):"
+    tail -n +2 "$WORK/probe.out"
     stop_proxy
 }
 

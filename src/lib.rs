@@ -18,6 +18,7 @@ pub mod demo;
 pub mod health;
 pub mod lifecycle;
 pub mod metrics;
+pub mod pace;
 pub mod proxy;
 pub mod routing;
 pub mod server;

@@ -236,6 +236,7 @@ pub fn start(source: Source, mut inherited: Inherited, upgrade: Option<UpgradeHo
         std::thread::Builder::new()
             .name("cutover-control".into())
             .spawn(move || {
+                crate::pace::enable();
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {

@@ -209,10 +209,13 @@ impl Snapshot {
         let routes = config
             .routes
             .iter()
-            .map(|r| RouteData {
-                metrics: (inputs.route_metrics)(r),
-                // Route names are validated to be header-safe.
-                header: http::HeaderValue::from_str(&r.name).unwrap_or(http::HeaderValue::from_static("-")),
+            .map(|r| {
+                crate::pace::point();
+                RouteData {
+                    metrics: (inputs.route_metrics)(r),
+                    // Route names are validated to be header-safe.
+                    header: http::HeaderValue::from_str(&r.name).unwrap_or(http::HeaderValue::from_static("-")),
+                }
             })
             .collect();
         Snapshot { generation: inputs.generation, config: config.clone(), rules, pools, routes, via: "cutover" }

@@ -16,7 +16,12 @@ use super::*;
 /// relative paths inside the config are resolved against `base`.
 pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
     let cx = Cx { file, text, base };
-    let raw: raw::File = toml::from_str(text).map_err(|e| cx.toml_error(&e))?;
+    // What toml::from_str does, in two steps with a pause between (each
+    // takes a millisecond or two for a 1,000-route file).
+    let document = toml::de::Deserializer::parse(text).map_err(|e| cx.toml_error(&e))?;
+    crate::pace::point();
+    let raw = <raw::File as serde::Deserialize>::deserialize(document).map_err(|e| cx.toml_error(&e))?;
+    crate::pace::point();
     cx.config(raw)
 }
 
@@ -375,6 +380,7 @@ impl Cx<'_> {
     fn pools(&self, raw: &BTreeMap<Spanned<String>, Spanned<raw::Pool>>) -> Res<BTreeMap<String, Pool>> {
         let mut pools = BTreeMap::new();
         for (name, pool) in raw {
+            crate::pace::point();
             let key = format!("pools.{}", name.get_ref());
             if !is_name(name.get_ref()) {
                 return Err(self.error(name.span(), &key, NAME_RULE));
@@ -479,6 +485,7 @@ impl Cx<'_> {
         let mut places = HashSet::new();
         let mut routes = Vec::new();
         for (i, spanned) in raw.iter().enumerate() {
+            crate::pace::point();
             let r = spanned.get_ref();
             let key = |k: &str| format!("routes[{i}].{k}");
             let name = r.name.get_ref();

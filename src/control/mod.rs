@@ -167,6 +167,11 @@ pub struct Control {
     events: EventLog,
     generation: u64,
     shared: Arc<Shared>,
+    /// The snapshot before the current one. Workers drop their references
+    /// to it on their next request; holding it here means its memory is
+    /// freed by the control thread at the next swap, not by a worker in the
+    /// middle of a request (half a millisecond for 1,000 routes).
+    retired: Option<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
     handle: Handle,
     last_reload: ReloadStatus,
@@ -268,6 +273,7 @@ pub fn prepare(start: Start) -> Result<Prepared, String> {
             access_log: start.access_log,
             signals: signal_tx,
         }),
+        retired: None,
         metrics,
         handle,
         last_reload: ReloadStatus::default(),
@@ -319,11 +325,20 @@ impl Control {
             };
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(c) => self.apply(c),
+                    Some(c) => {
+                        crate::pace::rest();
+                        self.apply(c)
+                    }
                     None => break,
                 },
-                Some(signal) = signals.recv() => self.data_signal(signal),
-                _ = sleep => self.rollout_deadlines(),
+                Some(signal) = signals.recv() => {
+                    crate::pace::rest();
+                    self.data_signal(signal)
+                }
+                _ = sleep => {
+                    crate::pace::rest();
+                    self.rollout_deadlines()
+                }
             }
         }
         self.checkers.stop();
@@ -408,6 +423,7 @@ impl Control {
         );
         self.route_metrics = cache.into_inner();
         for (name, l) in &self.live {
+            crate::pace::point();
             self.metrics.weight.with_label_values(&[name]).set(l.weight.percent() / 100.0);
             self.metrics.halted.with_label_values(&[name]).set(i64::from(l.halted));
             let step = l.rollout.as_ref().map_or(-1, |r| r.state.step as i64);
@@ -417,7 +433,7 @@ impl Control {
             let up = self.health.get(&b.id).is_none_or(|h| h.healthy);
             self.metrics.backend_healthy.with_label_values(&[&b.pool, &b.authority]).set(i64::from(up));
         }
-        self.shared.snapshot.store(Arc::new(snapshot));
+        self.retired = Some(self.shared.snapshot.swap(Arc::new(snapshot)));
     }
 
     /// Writes the state file; a failure is logged and returned.
@@ -754,6 +770,7 @@ impl Control {
             ));
         };
         let text = std::fs::read_to_string(&path);
+        crate::pace::point();
         if actor == Actor::Watch
             && let (Ok(text), Some(old)) = (&text, &self.config_text)
             && text == old
@@ -784,6 +801,7 @@ impl Control {
                 return Err(ControlError::Invalid(error));
             }
         };
+        crate::pace::point();
         let changes = self.swap_config(config, upstream_tls, &actor);
         self.config_text = Some(text);
         self.record_load_success();
@@ -810,6 +828,7 @@ impl Control {
         let mut changes = Vec::new();
         let mut live = BTreeMap::new();
         for route in &config.routes {
+            crate::pace::point();
             let entry = match self.live.get(&route.name) {
                 Some(l) if l.config_weight == route.weight => {
                     let mut l = l.clone();
@@ -843,8 +862,9 @@ impl Control {
             self.route_metrics.remove(name);
         }
         // Pool changes of a kept route need fresh route_info labels.
+        let before: HashMap<&str, &crate::config::Route> = old.routes.iter().map(|r| (r.name.as_str(), r)).collect();
         for route in &config.routes {
-            let before = old.route(&route.name).map(|r| (&r.stable, &r.canary));
+            let before = before.get(route.name.as_str()).map(|r| (&r.stable, &r.canary));
             if before.is_some() && before != Some((&route.stable, &route.canary)) {
                 changes.push(format!(
                     "{}: pools now {} / {}",
@@ -869,6 +889,7 @@ impl Control {
         if let Err(e) = self.persist() {
             tracing::error!(%actor, "reload applied but the state file could not be written: {e}");
         }
+        crate::pace::point();
         self.publish();
         changes
     }

@@ -95,7 +95,12 @@ impl Control {
             config: self.config_path.as_ref().map(|p| p.display().to_string()),
             reload: self.last_reload.clone(),
             generation: self.generation,
-            routes: self.config.routes.iter().filter_map(|r| self.route_status(&r.name).ok()).collect(),
+            routes: self
+                .config
+                .routes
+                .iter()
+                .filter_map(|r| Some(self.status_of(r, self.live.get(&r.name)?)))
+                .collect(),
         }
     }
 
@@ -103,6 +108,12 @@ impl Control {
         let live = self.live(name)?;
         let route =
             self.config.route(name).ok_or_else(|| ControlError::NotFound(format!("no route named {name:?}")))?;
+        Ok(self.status_of(route, live))
+    }
+
+    fn status_of(&self, route: &crate::config::Route, live: &super::RouteLive) -> RouteStatus {
+        crate::pace::point();
+        let name = route.name.as_str();
         let pool = |pool: &str, version: Version| PoolStatus {
             name: pool.to_string(),
             version: version.as_str().to_string(),
@@ -155,7 +166,7 @@ impl Control {
                 stable: figures(&window.stable),
             }
         });
-        Ok(RouteStatus {
+        RouteStatus {
             name: name.to_string(),
             host: route.host.to_string(),
             path_prefix: route.path_prefix.clone(),
@@ -167,6 +178,6 @@ impl Control {
             rollout,
             last_outcome: live.last_outcome.clone(),
             pools,
-        })
+        }
     }
 }

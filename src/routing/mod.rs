@@ -136,6 +136,7 @@ impl Rules {
             .routes
             .iter()
             .map(|r| {
+                crate::pace::point();
                 let (weight, halted) = live(&r.name);
                 RouteRule {
                     name: r.name.as_str().into(),

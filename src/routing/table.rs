@@ -27,6 +27,7 @@ impl RouteTable {
     pub fn new<'a>(routes: impl IntoIterator<Item = (&'a HostPattern, &'a str)>) -> Self {
         let mut table = RouteTable::default();
         for (index, (host, prefix)) in routes.into_iter().enumerate() {
+            crate::pace::point();
             let entry = (Box::from(prefix), index);
             match host {
                 HostPattern::Exact(h) => table.exact.entry(h.as_bytes().into()).or_default().push(entry),
