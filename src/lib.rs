@@ -6,7 +6,8 @@
 //! over a pooled upstream connection. The control plane ([`control`]) is the
 //! only writer of snapshots: config reloads, admin calls, rollout steps and
 //! health changes all go through its one task, which builds a new snapshot
-//! and swaps it in. [`metrics`] handles are resolved per snapshot, so the
+//! and swaps it in, yielding the CPU as it goes ([`pace`]) so that a worker
+//! sharing its core waits no more than a millisecond or two. [`metrics`] handles are resolved per snapshot, so the
 //! request path only increments counters.
 #![deny(unsafe_code)]
 
