@@ -64,7 +64,10 @@ mod tests {
             assert_eq!(SINCE.get(), Some(start), "no yield before a quantum of work");
             std::thread::sleep(QUANTUM);
             point();
-            assert!(SINCE.get().expect("paced") > start, "a point after a quantum yields and starts a new one");
+            // Whether the yield lets a worker run is a matter of timing, so
+            // it is measured (the probe of `benches/compare.sh reload`), not
+            // tested; this checks the bookkeeping around it.
+            assert!(SINCE.get().expect("paced") > start, "a point after a quantum starts a new one");
         })
         .join()
         .unwrap();

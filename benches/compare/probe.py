@@ -1,9 +1,9 @@
 """Stall probe for the reload section of compare.sh.
 
   probe.py HOST PORT ADMIN_SOCKET CONFIG RELOADS
-      Sends GETs back to back on one keep-alive connection, so a request is
-      always in flight, and times each. Meanwhile another thread reloads
-      the config RELOADS times, 2 s apart: it changes the first route's
+      A second thread sends GETs back to back on one keep-alive connection,
+      so a request is always in flight, and times each. Meanwhile the main
+      thread reloads the config RELOADS times, 2 s apart: it changes the first route's
       weight in CONFIG (so each reload builds a new snapshot) and posts
       /v1/reload to the admin socket, without starting a process that would
       compete with the probe for its CPU. Prints the reload round trips, then

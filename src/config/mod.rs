@@ -362,19 +362,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    const TEXT: &str = r#"
-[[routes]]
-name = "web"
-stable = "v1"
-canary = "v2"
-weight = 5
-
-[pools.v1]
-backends = ["127.0.0.1:9001"]
-
-[pools.v2]
-backends = ["127.0.0.1:9002"]
-"#;
+    use crate::routing::tests::CONFIG as TEXT;
 
     #[test]
     fn the_fingerprint_is_the_digest_of_the_config_without_its_path() {

@@ -303,6 +303,13 @@ fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// What woke the control task.
+enum Woken {
+    Command(Command),
+    Signal(DataSignal),
+    Deadline,
+}
+
 impl Control {
     pub fn handle(&self) -> Handle {
         self.handle.clone()
@@ -323,22 +330,20 @@ impl Control {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let woken = tokio::select! {
                 command = commands.recv() => match command {
-                    Some(c) => {
-                        crate::pace::rest();
-                        self.apply(c)
-                    }
+                    Some(c) => Woken::Command(c),
                     None => break,
                 },
-                Some(signal) = signals.recv() => {
-                    crate::pace::rest();
-                    self.data_signal(signal)
-                }
-                _ = sleep => {
-                    crate::pace::rest();
-                    self.rollout_deadlines()
-                }
+                Some(signal) = signals.recv() => Woken::Signal(signal),
+                _ = sleep => Woken::Deadline,
+            };
+            // Nothing done since the wait: a whole quantum before the first yield.
+            crate::pace::rest();
+            match woken {
+                Woken::Command(c) => self.apply(c),
+                Woken::Signal(signal) => self.data_signal(signal),
+                Woken::Deadline => self.rollout_deadlines(),
             }
         }
         self.checkers.stop();

@@ -292,4 +292,4 @@ pub fn client_ip_id(ip: IpAddr) -> u64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -8,7 +8,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::config;
 
-const CONFIG: &str = r#"
+/// Three routes over two pools; also the config of unit tests elsewhere.
+pub(crate) const CONFIG: &str = r#"
 [[routes]]
 name = "web"
 stable = "v1"
