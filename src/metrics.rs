@@ -75,6 +75,8 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub tls_cert_reloads: IntCounterVec,
+    /// Request heads the HTTP/1.1 server refused (400, 408, 414, 431, 501, 505).
+    pub http1_head_refusals: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -177,6 +179,11 @@ impl Metrics {
                 "Certificate reloads, by result.",
                 &["result"],
             ),
+            http1_head_refusals: counter(
+                "cutover_http1_head_refusals_total",
+                "HTTP/1.1 request heads refused before routing, by listener and status code.",
+                &["listener", "code"],
+            ),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -198,6 +205,7 @@ impl Metrics {
             Box::new(m.retries.clone()),
             Box::new(m.access_log_dropped.clone()),
             Box::new(m.tls_cert_reloads.clone()),
+            Box::new(m.http1_head_refusals.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

@@ -14,6 +14,101 @@ pub static X_CUTOVER_VERSION: HeaderName = HeaderName::from_static("x-cutover-ve
 pub static X_CUTOVER_ROUTE: HeaderName = HeaderName::from_static("x-cutover-route");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// RFC 9113 §3.2.1 (RFC 7540): the settings of an h2c upgrade, a
+/// connection-specific field. RFC 9113 §3.1 removed that upgrade: it is
+/// never forwarded, whatever `Connection` says.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// A Host value, or an authority used as one: uri-host [":" port] and no
+/// user info (RFC 9110 §7.2, §4.2.4): unreserved, sub-delims, `%`, `:` and
+/// the brackets of an IP literal.
+pub fn valid_host(value: &[u8]) -> bool {
+    value.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    })
+}
+
+/// A Content-Length value (RFC 9110 §8.6): one or more digits, nothing else
+/// (no sign, no space). Leading zeros are valid however many there are;
+/// values above 18 significant digits are refused (no body is that long).
+pub fn content_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let significant = &digits[digits.iter().position(|&d| d != b'0').unwrap_or(digits.len())..];
+    if significant.len() > 18 {
+        return None;
+    }
+    Some(significant.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// One host identity for an HTTP/2 request (RFC 9113 §8.3.1): `:authority`
+/// without user info and valid as a Host; at most one `host` field, valid,
+/// and the same as `:authority` when both are there (a differing one makes
+/// the request malformed rather than being replaced: the client meant one
+/// of two hosts, and cutover does not guess which). The backend then gets
+/// exactly one `Host`: the authority. `Err`: the 400 answer's text.
+pub fn h2_host(uri: &http::Uri, headers: &mut HeaderMap) -> Result<(), &'static str> {
+    let authority = uri.authority().map(|a| a.as_str());
+    if let Some(authority) = authority {
+        if authority.contains('@') {
+            return Err("400 Bad Request: user info in :authority\n");
+        }
+        if authority.is_empty() || !valid_host(authority.as_bytes()) {
+            return Err("400 Bad Request: invalid :authority\n");
+        }
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err("400 Bad Request: more than one host field\n"),
+        (Some(host), None) => {
+            if !valid_host(host.as_bytes()) {
+                return Err("400 Bad Request: invalid host field\n");
+            }
+            if authority.is_some_and(|a| !a.as_bytes().eq_ignore_ascii_case(host.as_bytes())) {
+                return Err("400 Bad Request: host field differs from :authority\n");
+            }
+        }
+        (None, None) => {}
+    }
+    if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+        headers.insert(header::HOST, value);
+    }
+    Ok(())
+}
+
+/// Whether an `Upgrade` field asks for WebSocket and nothing else: the only
+/// upgrade cutover carries as a tunnel it understands (RFC 6455).
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let mut tokens = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty());
+    matches!((tokens.next(), tokens.next()), (Some(t), None) if t.eq_ignore_ascii_case(b"websocket"))
+}
 
 /// Whether an HTTP/2 request opens a WebSocket by extended CONNECT
 /// (RFC 8441): `:method CONNECT` with `:protocol websocket`.
@@ -71,9 +166,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         match name.as_str() {
             "connection" => connection = true,
             "upgrade" => upgrade_field = true,
-            "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "proxy-authorization" => {
-                fixed = true
-            }
+            "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "proxy-authorization"
+            | "http2-settings" => fixed = true,
             _ => {}
         }
     }
@@ -101,6 +200,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             &header::TRAILER,
             &header::TRANSFER_ENCODING,
             &header::PROXY_AUTHORIZATION,
+            &HTTP2_SETTINGS,
         ] {
             headers.remove(name);
         }
@@ -113,11 +213,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Whether a Connection token names a field to remove: anything but `close`,
-/// `keep-alive` and, for an upgrade, `upgrade`.
+/// `keep-alive`, for an upgrade `upgrade`, and the end-to-end fields the
+/// proxy itself reads to route and frame a message (`Host`, `Cookie`,
+/// `Content-Length`): a client naming them would have the backend see a
+/// different request than the one cutover routed.
 fn is_named_field(token: &str, upgrade: bool) -> bool {
     !(token.is_empty()
         || token.eq_ignore_ascii_case("close")
         || token.eq_ignore_ascii_case("keep-alive")
+        || token.eq_ignore_ascii_case("host")
+        || token.eq_ignore_ascii_case("cookie")
+        || token.eq_ignore_ascii_case("content-length")
         || (upgrade && token.eq_ignore_ascii_case("upgrade")))
 }
 
@@ -156,9 +262,11 @@ pub fn write_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, f: &Forwarded<'_>
             "x-forwarded-proto" | "x-forwarded-host" | "x-cutover-version" | "x-cutover-route" => {}
             "content-length" => {
                 let digits = value.as_bytes();
-                if !digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit) {
-                    length = Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
-                    line(out, b"content-length", &[digits]);
+                if let Some(n) = content_length(digits) {
+                    length = Some(n);
+                    // Without leading zeros: valid, but not every backend reads them.
+                    let start = digits.iter().position(|&d| d != b'0').unwrap_or(digits.len() - 1);
+                    line(out, b"content-length", &[&digits[start..]]);
                 }
             }
             other => {
@@ -343,5 +451,76 @@ mod tests {
         join_cookies(&mut h);
         assert_eq!(h.get_all("cookie").iter().count(), 1);
         assert_eq!(h.get("cookie").unwrap(), "a=1; b=2; c=3");
+    }
+
+    #[test]
+    fn connection_cannot_remove_what_the_proxy_routes_and_frames_by() {
+        let mut h = map(&[
+            ("connection", "Host, cookie, Content-Length, x-gone"),
+            ("host", "shop.example.com"),
+            ("cookie", "cutover_id=abc"),
+            ("content-length", "3"),
+            ("x-gone", "1"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["content-length", "cookie", "host"]);
+    }
+
+    #[test]
+    fn h2c_upgrade_fields_never_pass() {
+        let mut h = map(&[("upgrade", "h2c"), ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"), ("x-kept", "1")]);
+        remove_hop_by_hop(&mut h, false);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-kept"]);
+        assert!(is_websocket_upgrade(&map(&[("upgrade", " WebSocket ")])));
+        assert!(!is_websocket_upgrade(&map(&[("upgrade", "h2c")])));
+        assert!(!is_websocket_upgrade(&map(&[("upgrade", "websocket, h2c")])));
+        assert!(!is_websocket_upgrade(&map(&[])));
+    }
+
+    #[test]
+    fn an_http2_request_has_one_host_identity() {
+        let uri: http::Uri = "https://shop.example.com/a".parse().unwrap();
+        let mut h = map(&[]);
+        assert_eq!(h2_host(&uri, &mut h), Ok(()));
+        assert_eq!(h.get_all("host").iter().collect::<Vec<_>>(), ["shop.example.com"]);
+        let mut h = map(&[("host", "SHOP.example.com")]);
+        assert_eq!(h2_host(&uri, &mut h), Ok(()), "host names compare without case");
+        assert_eq!(h.get_all("host").iter().collect::<Vec<_>>(), ["shop.example.com"]);
+        for (uri, fields, why) in [
+            ("https://shop.example.com/", &[("host", "admin.example.com")][..], "host field differs from :authority"),
+            (
+                "https://shop.example.com/",
+                &[("host", "shop.example.com"), ("host", "shop.example.com")],
+                "more than one",
+            ),
+            ("https://u:p@shop.example.com/", &[], "user info in :authority"),
+            ("/a", &[("host", "a b")], "invalid host field"),
+        ] {
+            let uri: http::Uri = uri.parse().unwrap();
+            let err = h2_host(&uri, &mut map(fields)).expect_err(why);
+            assert!(err.contains(why), "{err} for {uri} {fields:?}");
+        }
+        let mut h = map(&[("host", "shop.example.com")]);
+        assert_eq!(h2_host(&"/a".parse().unwrap(), &mut h), Ok(()), "no :authority: the host field is the host");
+    }
+
+    #[test]
+    fn content_length_takes_leading_zeros() {
+        assert_eq!(content_length(b"0000000000000000000000000000042"), Some(42));
+        assert_eq!(content_length(b"000"), Some(0));
+        assert_eq!(content_length(b"999999999999999999"), Some(999_999_999_999_999_999));
+        for bad in [&b""[..], b"1234567890123456789", b"+1", b"1 ", b"0x1"] {
+            assert_eq!(content_length(bad), None, "{bad:?}");
+        }
+        let ip = HeaderValue::from_static("192.0.2.9");
+        let route = HeaderValue::from_static("web");
+        let f = Forwarded { client_ip: &ip, tls: false, via: &ip, version: "stable", route: &route };
+        let mut out = Vec::new();
+        let h = map(&[("content-length", "0000012")]);
+        assert_eq!(write_forwarded(&mut out, &h, &f), Some(12));
+        assert!(String::from_utf8(out).unwrap().starts_with("content-length: 12\r\n"));
     }
 }

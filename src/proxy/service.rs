@@ -82,10 +82,16 @@ async fn serve(
     worker: &Rc<Worker>,
     conn: &Rc<ConnInfo>,
     snap: &Arc<Snapshot>,
-    req: Request<ClientBody>,
+    mut req: Request<ClientBody>,
     start: Instant,
 ) -> Response<ResponseBody> {
     // Phase 1: the head.
+    if req.version() == HttpVersion::HTTP_2 {
+        let (uri, headers) = (req.uri().clone(), req.headers_mut());
+        if let Err(text) = headers::h2_host(&uri, headers) {
+            return local(worker, conn, &req, start, StatusCode::BAD_REQUEST, text);
+        }
+    }
     let host = request_host(&req);
     if req.version() == HttpVersion::HTTP_11 && host.is_none() {
         return local(worker, conn, &req, start, StatusCode::BAD_REQUEST, "400 Bad Request: missing Host header\n");
@@ -628,8 +634,14 @@ fn respond(
     let (mut parts, mut body) = resp.into_parts();
     let mut tunnel = None;
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        // The backend connection becomes the tunnel's other end.
+        // The backend connection becomes the tunnel's other end, for
+        // WebSocket only: the one upgrade a client's request can ask for.
         match (client_upgrade, body.take_tunnel()) {
+            (Some(_), Some(_)) if !headers::is_websocket_upgrade(&parts.headers) => {
+                drop((body, inflight));
+                return ctx
+                    .error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: the backend switched to another protocol\n");
+            }
             (Some((client, _)), Some(upstream)) => tunnel = Some((client, upstream)),
             _ => {
                 drop((body, inflight));

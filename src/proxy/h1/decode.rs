@@ -96,6 +96,10 @@ impl Decoder {
                         }
                         return Ok(Step::More);
                     };
+                    // The same bound whether the line came in one read or many.
+                    if end > MAX_SIZE_LINE {
+                        return Err(Malformed("chunk-size line too long"));
+                    }
                     let size = chunk_size(&buf[..end])?;
                     buf.advance(end + 1);
                     *self = if size == 0 { Decoder::Trailers(0) } else { Decoder::Data(size) };
@@ -150,7 +154,9 @@ fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
     if digits == 0 {
         return Err(Malformed("invalid chunk size"));
     }
-    if digits > 15 {
+    // Leading zeros are valid however many there are (the line is bounded).
+    let zeros = line[..digits].iter().take_while(|&&b| b == b'0').count();
+    if digits - zeros > 15 {
         return Err(Malformed("chunk size too large"));
     }
     let rest = &line[digits..];
@@ -159,7 +165,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
         return Err(Malformed("invalid chunk extension"));
     }
     let mut size = 0u64;
-    for &b in &line[..digits] {
+    for &b in &line[zeros..digits] {
         let d = match b {
             b'0'..=b'9' => b - b'0',
             b'a'..=b'f' => b - b'a' + 10,
@@ -245,9 +251,21 @@ mod tests {
 
     #[test]
     fn chunk_size_lines_are_bounded() {
-        let long = format!("1;{}\r\n", "e".repeat(MAX_SIZE_LINE + 1));
-        assert!(decode_all(Decoder::Size, long.as_bytes(), 64).is_err());
+        let long = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(MAX_SIZE_LINE));
+        for step in [64, long.len()] {
+            assert!(decode_all(Decoder::Size, long.as_bytes(), step).is_err(), "in reads of {step}");
+        }
         assert_eq!(chunk_size(b"fffffffffffffff\r"), Ok(0xfff_ffff_ffff_ffff));
         assert_eq!(chunk_size(b"1a ; name=\"v\"\r"), Ok(26));
+    }
+
+    #[test]
+    fn chunk_sizes_with_leading_zeros_are_valid_however_many() {
+        let zeros = "0".repeat(200);
+        let input = format!("{zeros}5\r\nhello\r\n{zeros}\r\n\r\n");
+        let (body, rest) = decode_all(Decoder::Size, input.as_bytes(), 7).unwrap();
+        assert_eq!((body.as_slice(), rest.as_slice()), (&b"hello"[..], &b""[..]));
+        assert_eq!(chunk_size(format!("{zeros}fffffffffffffff\r").as_bytes()), Ok(0xfff_ffff_ffff_ffff));
+        assert!(chunk_size(b"1000000000000000\r").is_err(), "16 significant digits");
     }
 }

@@ -519,6 +519,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
                                 status: StatusCode::REQUEST_TIMEOUT,
                                 reason: "request head not complete in time",
                             };
+                            refused(worker, tls, timeout.status);
                             let _ = write::rejection(&conn, timeout).await;
                             break 'conn true;
                         }
@@ -526,6 +527,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
                 }
                 Err(rejection) => {
                     tracing::debug!(%peer, status = rejection.status.as_u16(), reason = rejection.reason, "bad request head");
+                    refused(worker, tls, rejection.status);
                     let _ = write::rejection(&conn, rejection).await;
                     break 'conn true;
                 }
@@ -591,6 +593,12 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
         }
     };
     conn.close(linger).await;
+}
+
+/// Counts a refused head (rare: the label lookup is paid then, not per request).
+fn refused(worker: &Worker, tls: bool, status: StatusCode) {
+    let listener = if tls { "https" } else { "http" };
+    worker.metrics().http1_head_refusals.with_label_values(&[listener, status.as_str()]).inc();
 }
 
 #[cfg(test)]

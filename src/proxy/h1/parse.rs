@@ -10,6 +10,9 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 
+pub(super) use super::super::headers::content_length;
+use super::super::headers::{is_websocket_upgrade, valid_host};
+
 /// The most a request head may take, request line and fields.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most fields a request head may have.
@@ -70,6 +73,22 @@ fn other_http_version(buf: &[u8]) -> bool {
     }
 }
 
+/// Where the minor digit of an `HTTP/1.x` request line with x above 1 is.
+/// RFC 9110 §2.5: such a request is handled as the highest 1.x this
+/// server speaks, 1.1.
+fn later_minor(buf: &[u8]) -> Option<usize> {
+    let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line = &buf[..end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.split(|&b| b == b' ').count() != 3 {
+        return None;
+    }
+    match line {
+        [.., b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => Some(line.len() - 1),
+        _ => None,
+    }
+}
+
 /// Offsets of one field in the buffer: name start, name end, value start, value end.
 pub(super) type Span = (usize, usize, usize, usize);
 
@@ -106,6 +125,10 @@ fn parse_into(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>,
         }
         Err(httparse::Error::TooManyHeaders) => {
             return Err(reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields"));
+        }
+        Err(httparse::Error::Version) if let Some(minor) = later_minor(buf) => {
+            buf[minor] = b'1';
+            return parse_into(buf, spans);
         }
         Err(httparse::Error::Version) if other_http_version(buf) => {
             return Err(reject(StatusCode::HTTP_VERSION_NOT_SUPPORTED, "unsupported HTTP version"));
@@ -145,11 +168,12 @@ fn build(
     let mut length: Option<u64> = None;
     let mut length_fields = 0;
     let mut length_list = false;
+    let mut length_zeros = false;
     let mut chunked = false;
     let mut transfer_encoding = false;
     let mut other_coding = false;
     let (mut close, mut keep_alive, mut connection_upgrade) = (false, false, false);
-    let (mut upgrade_field, mut expect_continue, mut trailers) = (false, false, false);
+    let (mut expect_continue, mut trailers) = (false, false);
     let mut hosts = 0;
     for &(ns, ne, vs, ve) in spans {
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| bad("invalid field name"))?;
@@ -158,6 +182,7 @@ fn build(
         if name == header::CONTENT_LENGTH {
             length_fields += 1;
             length_list |= bytes.contains(&b',');
+            length_zeros |= bytes.len() > 1 && bytes[0] == b'0';
             for item in bytes.split(|&b| b == b',') {
                 let n = content_length(trim(item)).ok_or(bad("invalid Content-Length"))?;
                 if length.is_some_and(|l| l != n) {
@@ -194,8 +219,6 @@ fn build(
             if !valid_host(bytes) {
                 return Err(bad("invalid Host field"));
             }
-        } else if name == header::UPGRADE {
-            upgrade_field = true;
         } else if name == header::EXPECT {
             expect_continue |= !http10 && trim(bytes).eq_ignore_ascii_case(b"100-continue");
         } else if name == header::TE {
@@ -217,19 +240,33 @@ fn build(
             Some(n) => Framing::Length(n),
         }
     };
-    // Equal values, listed or repeated, go on as one field: backends read
-    // such lists differently.
-    if let (Some(n), true) = (length, length_fields > 1 || length_list) {
+    // Equal values, listed or repeated, go on as one field, and without
+    // leading zeros: backends read such values differently.
+    if let (Some(n), true) = (length, length_fields > 1 || length_list || length_zeros) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     // RFC 9112 §3.2.2: an absolute-form target's authority is the host;
-    // a Host field that says otherwise is replaced.
+    // a Host field that says otherwise is replaced. It is checked as a Host
+    // field is, and user info in it is refused (RFC 9110 §4.2.4).
     if let Some(authority) = uri.authority()
         && method != Method::CONNECT
     {
+        if uri.scheme().is_none() {
+            // The authority form is for CONNECT alone (RFC 9112 §3.2.3).
+            return Err(bad("invalid request target"));
+        }
+        if authority.as_str().contains('@') {
+            return Err(bad("user info in the request target"));
+        }
+        if authority.host().is_empty() || !valid_host(authority.as_str().as_bytes()) {
+            return Err(bad("invalid request target"));
+        }
         let host = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("invalid request target"))?;
         headers.insert(header::HOST, host);
     }
+    // Only a WebSocket upgrade reaches the tunnel: any other (`h2c` above
+    // all, RFC 9113 §3.1) is ignored, its fields removed as hop-by-hop.
+    let websocket = connection_upgrade && is_websocket_upgrade(&headers);
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -242,37 +279,9 @@ fn build(
         expect_continue: expect_continue && framing != Framing::None,
         // RFC 9110 §7.8: no upgrade for HTTP/1.0; none under a body either
         // (its bytes would be both the body and the tunnel's).
-        upgrade: connection_upgrade && upgrade_field && !http10 && framing == Framing::None,
+        upgrade: websocket && !http10 && framing == Framing::None,
         trailers,
     }))
-}
-
-/// A Host value: uri-host [":" port], with no user info (RFC 9110 §7.2).
-fn valid_host(value: &[u8]) -> bool {
-    value.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b':'
-                    | b'['
-                    | b']'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
-    })
 }
 
 pub(super) fn trim(mut s: &[u8]) -> &[u8] {
@@ -283,14 +292,6 @@ pub(super) fn trim(mut s: &[u8]) -> &[u8] {
         s = rest;
     }
     s
-}
-
-/// A Content-Length value: 1 to 18 digits, nothing else (no sign, no space).
-pub(super) fn content_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 #[cfg(test)]
@@ -415,5 +416,53 @@ mod tests {
         for good in ["shop.example.com:8080", "[::1]:80", "127.0.0.1", "xn--bcher-kva.example"] {
             assert!(parsed(&format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n")).is_ok(), "{good}");
         }
+    }
+
+    #[test]
+    fn leading_zeros_in_content_length_are_valid_however_many() {
+        let zeros = "0".repeat(40);
+        let head = parsed(&format!("POST / HTTP/1.1\r\nContent-Length: {zeros}7\r\n\r\n")).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Length(7));
+        assert_eq!(head.request.headers()["content-length"], "7", "forwarded without the zeros");
+        let head = parsed(&format!("POST / HTTP/1.1\r\nContent-Length: {zeros}\r\n\r\n")).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::None);
+        assert_eq!(head.request.headers()["content-length"], "0");
+        let plain = parsed("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n").unwrap().unwrap();
+        assert_eq!(plain.request.headers()["content-length"], "10");
+    }
+
+    #[test]
+    fn a_later_http_1_minor_version_is_served_as_1_1() {
+        for minor in 2..=9 {
+            let head = parsed(&format!("GET /v HTTP/1.{minor}\r\nHost: x\r\n\r\n")).unwrap().unwrap();
+            assert_eq!(head.request.version(), Version::HTTP_11, "1.{minor}");
+            assert_eq!(head.request.uri(), "/v");
+            assert!(head.keep_alive);
+        }
+        assert!(parsed("GET / HTTP/1.2\r\nHost: x\r\n").unwrap().is_none(), "partial: waits");
+        assert_eq!(status("GET / HTTP/1.12\r\n\r\n"), StatusCode::BAD_REQUEST);
+        assert_eq!(status("GET / HTTP/2.1\r\n\r\n"), StatusCode::HTTP_VERSION_NOT_SUPPORTED);
+    }
+
+    #[test]
+    fn an_absolute_form_target_is_checked_like_a_host() {
+        for target in ["http://user:pw@shop.example.com/", "http://user@shop.example.com/x"] {
+            let rejected = parsed(&format!("GET {target} HTTP/1.1\r\nHost: shop.example.com\r\n\r\n"));
+            assert_eq!(rejected.unwrap_err(), bad("user info in the request target"), "{target}");
+        }
+        assert_eq!(status("GET shop.example.com:80 HTTP/1.1\r\nHost: x\r\n\r\n"), StatusCode::BAD_REQUEST);
+        let h = parsed("GET https://[::1]:8443/a?b HTTP/1.1\r\nHost: other\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.request.headers().get_all("host").iter().collect::<Vec<_>>(), ["[::1]:8443"]);
+    }
+
+    #[test]
+    fn only_a_websocket_upgrade_is_an_upgrade() {
+        let h = |t: &str| parsed(t).unwrap().unwrap();
+        let h2c = "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+                   HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+        assert!(!h(h2c).upgrade);
+        assert!(!h("GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c, websocket\r\n\r\n").upgrade);
+        assert!(!h("GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n").upgrade);
+        assert!(h("GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: WebSocket\r\n\r\n").upgrade);
     }
 }
