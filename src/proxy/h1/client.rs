@@ -77,7 +77,7 @@ fn reset(detail: impl Into<String>) -> UpstreamError {
 
 /// How a request body goes to the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sending {
+pub(super) enum Sending {
     None,
     Length(u64),
     Chunked,
@@ -92,8 +92,8 @@ enum Framing {
 }
 
 /// A parsed response head.
-struct Head {
-    response: Response<()>,
+pub(super) struct Head {
+    pub(super) response: Response<()>,
     framing: Framing,
     /// The connection may carry another request after this response.
     keep_alive: bool,
@@ -320,7 +320,11 @@ impl Connection {
 
 /// Writes the request line and fields, with this hop's forwarding fields,
 /// and says how the body follows.
-fn encode_head(out: &mut Vec<u8>, request: &Request<RequestBody>, forwarded: &Forwarded<'_>) -> Sending {
+pub(super) fn encode_head<B: http_body::Body>(
+    out: &mut Vec<u8>,
+    request: &Request<B>,
+    forwarded: &Forwarded<'_>,
+) -> Sending {
     out.extend_from_slice(request.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(request.uri().path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
@@ -358,7 +362,7 @@ fn encode_head(out: &mut Vec<u8>, request: &Request<RequestBody>, forwarded: &Fo
 
 /// Parses a response head at the start of `buf`; `Ok(None)`: not complete.
 /// A complete head is split off `buf`.
-fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, UpstreamError> {
+pub(super) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, UpstreamError> {
     SPANS.with_borrow_mut(|spans| parse_into(buf, head_request, spans))
 }
 

@@ -16,6 +16,8 @@
 
 pub mod client;
 mod decode;
+#[doc(hidden)]
+pub mod fuzz;
 mod parse;
 mod write;
 
