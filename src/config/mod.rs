@@ -5,6 +5,8 @@
 //! (beta secret, admin token) are read here too, so a config that loads is a
 //! config that can run, and a reload picks up a rotated secret.
 
+mod diagnose;
+mod kinds;
 mod raw;
 mod validate;
 
