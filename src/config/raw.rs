@@ -171,6 +171,7 @@ pub struct Eject {
     pub after: Option<Spanned<i64>>,
     pub base: Option<Of<Duration>>,
     pub max: Option<Of<Duration>>,
+    pub timeouts: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -459,6 +459,7 @@ impl Cx<'_> {
             after: self.count(&raw.after, &key("after"), 3, 1)?,
             base: self.duration(&raw.base, &key("base"), "5s")?,
             max: self.duration(&raw.max, &key("max"), "60s")?,
+            timeouts: raw.timeouts.as_ref().is_none_or(|t| *t.get_ref()),
         };
         if eject.max < eject.base {
             let span = raw.max.as_ref().map(|m| m.span()).unwrap_or(0..0);

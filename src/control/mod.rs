@@ -917,7 +917,7 @@ impl Control {
                         actor: Actor::Health.to_string(),
                         kind: "backend_ejected".into(),
                         detail: Some(format!(
-                            "{} in pool {}: {} connection failures in a row; out for {}",
+                            "{} in pool {}: {} failed attempts in a row; out for {}",
                             backend.authority,
                             backend.pool,
                             eject.after,
