@@ -4,8 +4,8 @@
 //!   healthy_after }`. One task per backend, started at a random offset within
 //!   the interval so checks do not arrive in bursts, stopped when a reload
 //!   removes the backend. A 2xx or 3xx answer within the timeout is a pass.
-//! - **Passive**: `eject.after` connection failures or resets in a row take a
-//!   backend out for `eject.base`, doubling for each ejection in a row up to
+//! - **Passive**: `eject.after` connection failures, resets or (unless
+//!   `eject.timeouts = false`) response timeouts in a row take a backend out for `eject.base`, doubling for each ejection in a row up to
 //!   `eject.max`; then it is readmitted and gets traffic again.
 //!
 //! A backend takes traffic when active checks (if any) say up and it is not
@@ -131,7 +131,7 @@ impl BackendHealth {
         self.last_ejection = Some(now);
         self.ejected = true;
         self.reason = format!(
-            "ejected for {}: {} connection failures in a row",
+            "ejected for {}: {} failed attempts in a row",
             humantime::format_duration(period),
             backend.failures.load(std::sync::atomic::Ordering::Relaxed)
         );
@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn ejection_doubles_up_to_the_maximum_and_readmits() {
         let backend = Backend::new("p", "127.0.0.1:1", None);
-        let eject = Eject { after: 3, base: Duration::from_secs(5), max: Duration::from_secs(12) };
+        let eject = Eject { after: 3, base: Duration::from_secs(5), max: Duration::from_secs(12), timeouts: true };
         let mut h = BackendHealth::default();
         let now = Instant::now();
         let periods: Vec<u64> = (0..3)

@@ -26,7 +26,7 @@ pub struct Backend {
     pub addr: Option<SocketAddr>,
     /// Requests in flight, for `least_requests`.
     pub inflight: AtomicU32,
-    /// Consecutive connection failures, for passive ejection.
+    /// Consecutive failed attempts, for passive ejection.
     pub failures: AtomicU32,
     pub tls: Option<Arc<UpstreamTls>>,
 }
@@ -61,17 +61,33 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Picks a healthy backend, skipping `exclude` (a backend that just
-    /// failed) when another one is available.
+    /// Picks a healthy backend for a request (`exclude` None), or for its
+    /// retry: another one than `exclude`, the backend that just failed.
+    ///
+    /// Round robin moves the shared cursor once per request, on its first
+    /// pick only: a retry takes the backend after the failed one in the
+    /// rotation and leaves the cursor alone, so the next request's choice is
+    /// what it would have been without the failure. (Moving it for the retry
+    /// too sent nearly every first attempt to the failing one of two.)
     pub fn pick(&self, exclude: Option<u64>, random: impl FnMut(usize) -> usize) -> Option<&Arc<Backend>> {
         let candidates = self.healthy.iter().map(|&i| &self.backends[i]).filter(|b| Some(b.id) != exclude);
         let n = candidates.clone().count();
         if n == 0 {
             return None;
         }
-        match self.balance {
-            Balance::RoundRobin => candidates.clone().nth(self.cursor.fetch_add(1, Ordering::Relaxed) % n),
-            Balance::LeastRequests => power_of_two_choices(candidates, n, random),
+        match (self.balance, exclude) {
+            (Balance::RoundRobin, None) => candidates.clone().nth(self.cursor.fetch_add(1, Ordering::Relaxed) % n),
+            (Balance::RoundRobin, Some(failed)) => {
+                // Candidates keep the rotation's order with the failed one left
+                // out: the one after it is the first candidate past its place.
+                let healthy = self.healthy.iter().map(|&i| &self.backends[i]);
+                let next = match healthy.clone().position(|b| b.id == failed) {
+                    Some(place) => place % n,
+                    None => self.cursor.load(Ordering::Relaxed) % n,
+                };
+                candidates.clone().nth(next)
+            }
+            (Balance::LeastRequests, _) => power_of_two_choices(candidates, n, random),
         }
     }
 }
@@ -249,7 +265,12 @@ mod tests {
             healthy: (0..n).collect(),
             backends,
             balance,
-            eject: Eject { after: 3, base: std::time::Duration::from_secs(1), max: std::time::Duration::from_secs(2) },
+            eject: Eject {
+                after: 3,
+                base: std::time::Duration::from_secs(1),
+                max: std::time::Duration::from_secs(2),
+                timeouts: true,
+            },
             cursor: Arc::default(),
         }
     }
@@ -272,6 +293,22 @@ mod tests {
         }
         let single = pool(1, Balance::RoundRobin);
         assert!(single.pick(Some(single.backends[0].id), |_| 0).is_none());
+    }
+
+    #[test]
+    fn a_retry_takes_the_next_backend_and_leaves_the_next_requests_choice_alone() {
+        let p = pool(3, Balance::RoundRobin);
+        let [a, b, c] = [0, 1, 2].map(|i| p.backends[i].id);
+        // Request 1 goes to a, which fails: its retry goes to b.
+        assert_eq!(p.pick(None, |_| 0).unwrap().id, a);
+        assert_eq!(p.pick(Some(a), |_| 0).unwrap().id, b);
+        // Request 2 goes where it would have gone without the failure; its
+        // retry after b is c, and after c (last in the rotation) is a.
+        assert_eq!(p.pick(None, |_| 0).unwrap().id, b);
+        assert_eq!(p.pick(Some(b), |_| 0).unwrap().id, c);
+        assert_eq!(p.pick(Some(c), |_| 0).unwrap().id, a);
+        let firsts: Vec<u64> = (0..4).map(|_| p.pick(None, |_| 0).unwrap().id).collect();
+        assert_eq!(firsts, vec![c, a, b, c], "retries did not move the cursor");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The command line: `cutover check` errors name file, line and key;
+//! The command line: `cutover check` errors name file, line and key, and say
+//! what was expected;
 //! `cutover beta mint` prints a value the proxy accepts.
 
 use std::process::Command;
@@ -73,6 +74,30 @@ fn check_errors_name_the_line_and_the_key() {
         for w in words {
             assert!(err.contains(w), "expected {w:?} in: {err}");
         }
+    }
+}
+
+#[test]
+fn check_says_what_a_key_expects_when_its_value_has_the_wrong_type() {
+    let cases = [
+        (
+            GOOD.replace("weight = 5", "weight = \"lots\""),
+            "cutover.toml:8: routes[0].weight: expected a number 0..100, found the string \"lots\"",
+        ),
+        (
+            GOOD.replace("[server]", "[server]\ndrain_timeout = 30"),
+            "cutover.toml:2: server.drain_timeout: expected a duration such as \"2s\", \"500ms\" or \"30d\", \
+             found the number 30",
+        ),
+        (
+            GOOD.replace("[\"127.0.0.1:8080\"]", "\"127.0.0.1:8080\""),
+            "cutover.toml:2: server.listen: expected an array of addresses such as [\"0.0.0.0:8080\"], \
+             found the string \"127.0.0.1:8080\"",
+        ),
+    ];
+    for (text, expected) in cases {
+        let (code, _, err) = check(&text);
+        assert_eq!((code, err.trim_end()), (1, expected));
     }
 }
 

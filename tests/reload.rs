@@ -1,12 +1,14 @@
 //! Hot reload: by in-place write, by rename, by a Kubernetes-style symlink
 //! swap, by the endpoint and by SIGHUP; invalid configs are kept out while
-//! serving continues; no request fails across many reloads and admin changes.
+//! serving continues; no request fails across many reloads and admin changes;
+//! the watcher applies only whole files and tries an invalid one once.
 
 mod common;
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use http::{Method, StatusCode};
@@ -76,6 +78,66 @@ async fn reload_on_kubernetes_style_symlink_swap() {
     std::fs::rename(proxy.dir.path().join("..data_tmp"), proxy.dir.path().join("..data")).unwrap();
     std::fs::remove_dir_all(&v1).unwrap();
     assert!(wait_weight(&proxy, 55.0).await, "the symlink swap was seen");
+}
+
+/// The live weight of route web.
+async fn weight(proxy: &Proxy) -> Option<f64> {
+    proxy.admin_call(Method::GET, "/v1/routes/web", None).await.1["weight"].as_f64()
+}
+
+/// How many audit events of `kind` the log holds.
+async fn count_events(proxy: &Proxy, kind: &str) -> usize {
+    let (_, body) = proxy.admin_call(Method::GET, "/v1/events", None).await;
+    body["events"].as_array().unwrap().iter().filter(|e| e["kind"] == kind).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_written_in_two_halves_with_a_pause_is_applied_only_whole() {
+    let (stable, canary) = (Backend::named("stable").await, Backend::named("canary").await);
+    let config = two_pool_config(stable.addr, canary.addr, 5.0, "");
+    let proxy = Proxy::start(&config);
+    // The first half is a valid config on its own (weight 35, no api route).
+    let first_half = render(&proxy, &config).replace("weight = 5", "weight = 35");
+    let second_half = "\n[[routes]]\nname = \"api\"\npath_prefix = \"/api/\"\nstable = \"canary\"\n";
+    let mut file = std::fs::OpenOptions::new().write(true).truncate(true).open(&proxy.config_path).unwrap();
+    file.write_all(first_half.as_bytes()).unwrap();
+    file.flush().unwrap();
+    // The writer pauses mid-file for several debounce and settle times.
+    let pause_end = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < pause_end {
+        assert_eq!(weight(&proxy).await, Some(5.0), "the half-written file was applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    file.write_all(second_half.as_bytes()).unwrap();
+    drop(file);
+    assert!(wait_weight(&proxy, 35.0).await, "the whole file was applied");
+    assert_eq!(get(proxy.addr(), "/api/x", &[]).await.first_line(), "canary", "with its second half");
+    assert_eq!((count_events(&proxy, "reload").await, count_events(&proxy, "reload_failed").await), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_config_in_place_costs_exactly_one_failed_reload() {
+    let (stable, canary) = (Backend::named("stable").await, Backend::named("canary").await);
+    let config = two_pool_config(stable.addr, canary.addr, 5.0, "");
+    let proxy = Proxy::start(&config);
+    let invalid = render(&proxy, &config).replace("canary = \"canary\"", "canary = \"canry\"");
+    let failures = r#"cutover_config_reloads_total{result="failure"}"#;
+    std::fs::write(&proxy.config_path, &invalid).unwrap();
+    assert!(eventually(Duration::from_secs(10), || metric(&proxy.metrics(), failures) >= 1.0).await);
+    // The reload's own reads of the file, and the state file written beside
+    // it, would each start another one: none may follow within the window.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(metric(&proxy.metrics(), failures), 1.0);
+    assert_eq!(count_events(&proxy, "reload_failed").await, 1);
+    // The same text written again is not tried again.
+    std::fs::write(&proxy.config_path, &invalid).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(metric(&proxy.metrics(), failures), 1.0);
+    assert_eq!(weight(&proxy).await, Some(5.0), "the running config stays");
+    // A fixed file is applied.
+    std::fs::write(&proxy.config_path, render(&proxy, &config).replace("weight = 5", "weight = 35")).unwrap();
+    assert!(wait_weight(&proxy, 35.0).await);
+    assert_eq!((metric(&proxy.metrics(), failures), count_events(&proxy, "reload_failed").await), (1.0, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,8 @@
 //! (beta secret, admin token) are read here too, so a config that loads is a
 //! config that can run, and a reload picks up a rotated secret.
 
+mod diagnose;
+mod kinds;
 mod raw;
 mod validate;
 
@@ -265,13 +267,17 @@ pub struct HealthCheck {
     pub healthy_after: u32,
 }
 
-/// Passive failure detection: `after` consecutive connection failures eject a
-/// backend for `base`, doubling on each ejection in a row up to `max`.
+/// Passive failure detection: `after` consecutive failed attempts (connection
+/// failures, and response timeouts when `timeouts` is on) eject a backend for
+/// `base`, doubling on each ejection in a row up to `max`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Eject {
     pub after: u32,
     pub base: Duration,
     pub max: Duration,
+    /// A response timeout counts as a failure, so a hung backend leaves the
+    /// rotation without active checks.
+    pub timeouts: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -3,13 +3,23 @@
 //! Every struct denies unknown fields, so a misspelt key is an error that names
 //! the key and its line. Values that need checks beyond their TOML type are kept
 //! `Spanned`, so [`super::validate`] can point at the line of a bad value.
+//! A string with a meaning (a duration, an address...) is an `Of<Kind>`, so a
+//! value of the wrong type is reported with what that key expects.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use super::kinds::Percent;
+use super::kinds::{
+    AccessLog, Address, AdminListen, Backend, Balance, CookieName, Duration, FilePath, HeaderName, Host, List, NewKey,
+    Str, UrlPath,
+};
+
 pub type Text = Spanned<String>;
+/// A string of one kind (see [`super::kinds`]).
+pub type Of<K> = Spanned<Str<K>>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,9 +51,9 @@ pub struct File {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
-    pub listen: Option<Spanned<Vec<Text>>>,
+    pub listen: Option<Spanned<List<Address>>>,
     pub workers: Option<Spanned<i64>>,
-    pub drain_timeout: Option<Text>,
+    pub drain_timeout: Option<Of<Duration>>,
     pub max_connections: Option<Spanned<i64>>,
     pub tls: Option<Spanned<ServerTls>>,
 }
@@ -51,69 +61,69 @@ pub struct Server {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTls {
-    pub listen: Spanned<Vec<Text>>,
+    pub listen: Spanned<List<Address>>,
     pub certs: Spanned<Vec<Spanned<CertPair>>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertPair {
-    pub cert: Text,
-    pub key: Text,
+    pub cert: Of<FilePath>,
+    pub key: Of<FilePath>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
-    pub connect: Option<Text>,
-    pub response: Option<Text>,
-    pub client_idle: Option<Text>,
-    pub client_header: Option<Text>,
-    pub upstream_idle: Option<Text>,
+    pub connect: Option<Of<Duration>>,
+    pub response: Option<Of<Duration>>,
+    pub client_idle: Option<Of<Duration>>,
+    pub client_header: Option<Of<Duration>>,
+    pub upstream_idle: Option<Of<Duration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sticky {
-    pub cookie: Option<Text>,
-    pub max_age: Option<Text>,
-    pub header: Option<Text>,
-    pub new_key: Option<Text>,
+    pub cookie: Option<Of<CookieName>>,
+    pub max_age: Option<Of<Duration>>,
+    pub header: Option<Of<HeaderName>>,
+    pub new_key: Option<Of<NewKey>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Beta {
-    pub cookie: Option<Text>,
-    pub secret_file: Option<Text>,
-    pub enroll_path: Option<Text>,
-    pub enroll_ttl: Option<Text>,
+    pub cookie: Option<Of<CookieName>>,
+    pub secret_file: Option<Of<FilePath>>,
+    pub enroll_path: Option<Of<UrlPath>>,
+    pub enroll_ttl: Option<Of<Duration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    pub listen: Option<Text>,
-    pub token_file: Option<Text>,
+    pub listen: Option<Of<AdminListen>>,
+    pub token_file: Option<Of<FilePath>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
-    pub listen: Option<Text>,
+    pub listen: Option<Of<Address>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
-    pub access: Option<Text>,
-    pub access_path: Option<Text>,
+    pub access: Option<Of<AccessLog>>,
+    pub access_path: Option<Of<FilePath>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
-    pub path: Option<Text>,
+    pub path: Option<Of<FilePath>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,35 +138,18 @@ pub struct Retries {
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub name: Text,
-    pub host: Option<Text>,
-    pub path_prefix: Option<Text>,
+    pub host: Option<Of<Host>>,
+    pub path_prefix: Option<Of<UrlPath>>,
     pub stable: Text,
     pub canary: Option<Text>,
-    pub weight: Option<Spanned<Number>>,
-}
-
-/// A weight may be written `5` or `2.5`.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(untagged)]
-pub enum Number {
-    Int(i64),
-    Float(f64),
-}
-
-impl Number {
-    pub fn as_f64(self) -> f64 {
-        match self {
-            Number::Int(i) => i as f64,
-            Number::Float(f) => f,
-        }
-    }
+    pub weight: Option<Spanned<Percent>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pool {
-    pub backends: Spanned<Vec<Text>>,
-    pub balance: Option<Text>,
+    pub backends: Spanned<List<Backend>>,
+    pub balance: Option<Of<Balance>>,
     pub health: Option<Spanned<Health>>,
     pub eject: Option<Spanned<Eject>>,
     pub tls: Option<Spanned<UpstreamTls>>,
@@ -165,9 +158,9 @@ pub struct Pool {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
-    pub path: Option<Text>,
-    pub interval: Option<Text>,
-    pub timeout: Option<Text>,
+    pub path: Option<Of<UrlPath>>,
+    pub interval: Option<Of<Duration>>,
+    pub timeout: Option<Of<Duration>>,
     pub unhealthy_after: Option<Spanned<i64>>,
     pub healthy_after: Option<Spanned<i64>>,
 }
@@ -176,13 +169,14 @@ pub struct Health {
 #[serde(deny_unknown_fields)]
 pub struct Eject {
     pub after: Option<Spanned<i64>>,
-    pub base: Option<Text>,
-    pub max: Option<Text>,
+    pub base: Option<Of<Duration>>,
+    pub max: Option<Of<Duration>>,
+    pub timeouts: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
-    pub ca: Option<Text>,
+    pub ca: Option<Of<FilePath>>,
     pub sni: Option<Text>,
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw;
 use super::*;
+use super::{kinds, raw};
 
 /// Parses and validates config text. `file` names the source in errors;
 /// relative paths inside the config are resolved against `base`.
@@ -49,28 +49,20 @@ impl Cx<'_> {
     }
 
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
-        let line = e.span().map(|s| self.line_of(s.start));
-        // The span of an unknown or missing field covers the key (or its table).
-        let key = e
-            .span()
-            .and_then(|s| self.text.get(s))
-            .filter(|k| !k.contains('\n') && k.len() < 80)
-            .map(|k| k.trim().to_string())
-            .unwrap_or_default();
-        let message = e.message().trim().to_string();
-        let key = if message.contains(&format!("`{key}`")) { String::new() } else { key };
-        ConfigError { file: self.file.to_string(), line, key, message }
+        let (key, message) = super::diagnose::describe(self.text, e);
+        ConfigError { file: self.file.to_string(), line: e.span().map(|s| self.line_of(s.start)), key, message }
     }
 
-    fn duration(&self, value: &Option<raw::Text>, key: &str, default: &str) -> Res<Duration> {
+    fn duration(&self, value: &Option<Spanned<impl AsRef<str>>>, key: &str, default: &str) -> Res<Duration> {
         let Some(value) = value else {
             return Ok(humantime::parse_duration(default).expect("default durations parse"));
         };
-        let d = humantime::parse_duration(value.get_ref().trim()).map_err(|e| {
+        let text = value.get_ref().as_ref();
+        let d = humantime::parse_duration(text.trim()).map_err(|e| {
             self.error(
                 value.span(),
                 key,
-                format!("expected a duration such as \"2s\", \"500ms\" or \"30d\", got {:?} ({e})", value.get_ref()),
+                format!("expected a duration such as \"2s\", \"500ms\" or \"30d\", got {text:?} ({e})"),
             )
         })?;
         if d.is_zero() {
@@ -88,22 +80,23 @@ impl Cx<'_> {
             .ok_or_else(|| self.error(value.span(), key, format!("expected a whole number of at least {min}, got {n}")))
     }
 
-    fn path(&self, value: &raw::Text) -> PathBuf {
-        let p = Path::new(value.get_ref());
+    fn path(&self, value: &Spanned<impl AsRef<str>>) -> PathBuf {
+        let p = Path::new(value.get_ref().as_ref());
         if p.is_absolute() { p.to_path_buf() } else { self.base.join(p) }
     }
 
-    fn socket_addr(&self, value: &raw::Text, key: &str) -> Res<SocketAddr> {
-        value.get_ref().trim().parse().map_err(|_| {
+    fn socket_addr(&self, value: &Spanned<impl AsRef<str>>, key: &str) -> Res<SocketAddr> {
+        let text = value.get_ref().as_ref();
+        text.trim().parse().map_err(|_| {
             self.error(
                 value.span(),
                 key,
-                format!("expected an address such as \"0.0.0.0:8080\" or \"[::1]:8080\", got {:?}", value.get_ref()),
+                format!("expected an address such as \"0.0.0.0:8080\" or \"[::1]:8080\", got {text:?}"),
             )
         })
     }
 
-    fn read_secret(&self, value: &raw::Text, key: &str, what: &str) -> Res<Vec<u8>> {
+    fn read_secret(&self, value: &Spanned<impl AsRef<str>>, key: &str, what: &str) -> Res<Vec<u8>> {
         let path = self.path(value);
         let mut bytes = std::fs::read(&path).map_err(|e| {
             self.error(value.span(), key, format!("cannot read the {what} file {}: {e}", path.display()))
@@ -144,13 +137,13 @@ impl Cx<'_> {
         })
     }
 
-    fn listen_list(&self, list: &Spanned<Vec<raw::Text>>, key: &str) -> Res<Vec<SocketAddr>> {
+    fn listen_list<K>(&self, list: &Spanned<kinds::List<K>>, key: &str) -> Res<Vec<SocketAddr>> {
         if list.get_ref().is_empty() {
             return Err(self.error(list.span(), key, "expected at least one address"));
         }
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for item in list.get_ref() {
+        for item in list.get_ref().iter() {
             let addr = self.socket_addr(item, key)?;
             if !seen.insert(addr) {
                 return Err(self.error(item.span(), key, format!("{addr} is listed twice")));
@@ -223,13 +216,13 @@ impl Cx<'_> {
         })
     }
 
-    fn cookie_name(&self, value: &Option<raw::Text>, key: &str, default: &str) -> Res<String> {
+    fn cookie_name(&self, value: &Option<Spanned<impl AsRef<str>>>, key: &str, default: &str) -> Res<String> {
         let Some(value) = value else { return Ok(default.to_string()) };
-        let name = value.get_ref();
+        let name = value.get_ref().as_ref();
         if name.is_empty() || !name.bytes().all(is_token_byte) {
             return Err(self.error(value.span(), key, format!("{name:?} is not a valid cookie name")));
         }
-        Ok(name.clone())
+        Ok(name.to_string())
     }
 
     fn sticky(&self, raw: Option<&raw::Sticky>) -> Res<Sticky> {
@@ -265,7 +258,9 @@ impl Cx<'_> {
         let raw = raw.unwrap_or(&default);
         let enroll_path = match &raw.enroll_path {
             None => None,
-            Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(['?', '#']) => Some(p.get_ref().clone()),
+            Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(['?', '#']) => {
+                Some(p.get_ref().to_string())
+            }
             Some(p) => {
                 return Err(self.error(
                     p.span(),
@@ -395,7 +390,7 @@ impl Cx<'_> {
                 ));
             }
             let mut backends = Vec::new();
-            for b in pool.backends.get_ref() {
+            for b in pool.backends.get_ref().iter() {
                 let addr = b.get_ref().trim();
                 if !is_authority(addr) {
                     return Err(self.error(
@@ -438,7 +433,7 @@ impl Cx<'_> {
         let key = |k: &str| format!("{pool_key}.health.{k}");
         let path = match &raw.path {
             None => "/healthz".to_string(),
-            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+            Some(p) if p.get_ref().starts_with('/') => p.get_ref().to_string(),
             Some(p) => return Err(self.error(p.span(), &key("path"), "expected a path starting with \"/\"")),
         };
         let check = HealthCheck {
@@ -464,6 +459,7 @@ impl Cx<'_> {
             after: self.count(&raw.after, &key("after"), 3, 1)?,
             base: self.duration(&raw.base, &key("base"), "5s")?,
             max: self.duration(&raw.max, &key("max"), "60s")?,
+            timeouts: raw.timeouts.as_ref().is_none_or(|t| *t.get_ref()),
         };
         if eject.max < eject.base {
             let span = raw.max.as_ref().map(|m| m.span()).unwrap_or(0..0);
@@ -507,7 +503,7 @@ impl Cx<'_> {
             };
             let path_prefix = match &r.path_prefix {
                 None => "/".to_string(),
-                Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(['?', '#']) => p.get_ref().clone(),
+                Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(['?', '#']) => p.get_ref().to_string(),
                 Some(p) => {
                     return Err(self.error(
                         p.span(),
@@ -543,14 +539,11 @@ impl Cx<'_> {
             }
             let weight = match &r.weight {
                 None => Weight::ZERO,
-                Some(w) => Weight::from_percent(w.get_ref().as_f64()).ok_or_else(|| {
+                Some(w) => Weight::from_percent(w.get_ref().0).ok_or_else(|| {
                     self.error(
                         w.span(),
                         &key("weight"),
-                        format!(
-                            "expected a percentage from 0 to 100 with at most two decimals, got {}",
-                            w.get_ref().as_f64()
-                        ),
+                        format!("expected a percentage from 0 to 100 with at most two decimals, got {}", w.get_ref().0),
                     )
                 })?,
             };

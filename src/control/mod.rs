@@ -84,6 +84,7 @@ pub enum Command {
     ResumeRollout { route: String, actor: Actor, reply: Reply<RouteStatus> },
     AbortRollout { route: String, actor: Actor, reply: Reply<RouteStatus> },
     Reload { actor: Actor, reply: Option<Reply<ReloadStatus>> },
+    Watched { text: std::io::Result<String>, reply: Reply<ReloadStatus> },
     Status { reply: oneshot::Sender<Status> },
     Route { route: String, reply: Reply<RouteStatus> },
     Events { since: u64, reply: oneshot::Sender<(Vec<events::Event>, tokio::sync::watch::Receiver<u64>)> },
@@ -373,10 +374,14 @@ impl Control {
                 let _ = reply.send(self.abort_rollout(&route, actor));
             }
             Command::Reload { actor, reply } => {
-                let result = self.reload(actor);
+                let result = self.reload(actor, None);
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }
+            }
+            // The watcher's reload, with the text it read once the file settled.
+            Command::Watched { text, reply } => {
+                let _ = reply.send(self.reload(Actor::Watch, Some(text)));
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
@@ -766,15 +771,16 @@ impl Control {
         };
     }
 
-    /// Re-reads the config file; on success swaps it in, applying the
-    /// precedence rule to live weights. An invalid file changes nothing.
-    fn reload(&mut self, actor: Actor) -> Result<ReloadStatus, ControlError> {
+    /// Re-reads the config file (or takes the text the watcher read); on
+    /// success swaps it in, applying the precedence rule to live weights. An
+    /// invalid file changes nothing.
+    fn reload(&mut self, actor: Actor, watched: Option<std::io::Result<String>>) -> Result<ReloadStatus, ControlError> {
         let Some(path) = self.config_path.clone() else {
             return Err(ControlError::Invalid(
                 "this server runs an embedded config; there is no file to reload".into(),
             ));
         };
-        let text = std::fs::read_to_string(&path);
+        let text = watched.unwrap_or_else(|| std::fs::read_to_string(&path));
         crate::pace::point();
         if actor == Actor::Watch
             && let (Ok(text), Some(old)) = (&text, &self.config_text)
@@ -917,7 +923,7 @@ impl Control {
                         actor: Actor::Health.to_string(),
                         kind: "backend_ejected".into(),
                         detail: Some(format!(
-                            "{} in pool {}: {} connection failures in a row; out for {}",
+                            "{} in pool {}: {} failed attempts in a row; out for {}",
                             backend.authority,
                             backend.pool,
                             eject.after,

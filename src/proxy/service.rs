@@ -546,10 +546,16 @@ async fn forward(
     }
 }
 
-/// Counts a connection failure or reset against the backend; reaching the
-/// pool's `eject.after` asks the control plane to eject it.
+/// Counts a connection failure or reset (and a response timeout, unless the
+/// pool's `eject.timeouts` is off) against the backend; reaching the pool's
+/// `eject.after` asks the control plane to eject it.
 fn note_failure(worker: &Worker, pool: &Pool, backend: &Arc<Backend>, error: &UpstreamError) {
-    if !matches!(error.kind, UpstreamErrorKind::Connect | UpstreamErrorKind::Reset) && !error.connect {
+    let counts = match error.kind {
+        UpstreamErrorKind::Connect | UpstreamErrorKind::Reset => true,
+        UpstreamErrorKind::Timeout => error.connect || pool.eject.timeouts,
+        UpstreamErrorKind::Protocol => error.connect,
+    };
+    if !counts {
         return;
     }
     let failures = backend.failures.fetch_add(1, Ordering::Relaxed) + 1;
