@@ -27,7 +27,15 @@ fn prefix() -> String {
 impl Fleet {
     async fn start(etcd: &Etcd, count: usize, lease: &str) -> Fleet {
         let stable = Backend::named("stable").await;
-        let canary = Backend::named("canary").await;
+        // The canary fails the requests that carry `x-fail` (errors seen
+        // through one chosen replica only).
+        let canary = Backend::start(|req| async move {
+            match req.headers().contains_key("x-fail") {
+                true => common::text(StatusCode::INTERNAL_SERVER_ERROR, "canary failing\n"),
+                false => common::text(StatusCode::OK, "canary\n"),
+            }
+        })
+        .await;
         let mut fleet = Fleet { stable, canary, replicas: Vec::new(), prefix: prefix() };
         for i in 0..count {
             fleet.add(etcd, &format!("proxy-{i}"), lease, None).await;
@@ -226,4 +234,180 @@ async fn a_restarted_replica_reads_the_fleet_state() {
     let i = fleet.add(&etcd, "proxy-1", "2s", Some(dir)).await;
     let ok = until(WAIT, || async { fleet.route(i).await["weight"] == json!(70.0) }).await;
     assert!(ok, "the restarted replica did not take the fleet's weight: {}", fleet.route(i).await);
+}
+
+/// Requests through replica `p` until `stop`: (answered 200, failed).
+async fn load(addr: std::net::SocketAddr, stop: tokio_util::sync::CancellationToken) -> (u64, u64) {
+    let (mut ok, mut failed) = (0, 0);
+    let mut client = common::Client::connect(addr).await;
+    while !stop.is_cancelled() {
+        let got = client.get("/", &[]).await;
+        if got.status == StatusCode::OK { ok += 1 } else { failed += 1 }
+    }
+    (ok, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_stopped_under_load_changes_answer_503_a_rollback_applies_and_all_converge() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 2, "2s").await;
+    let (status, _) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 100}))).await;
+    assert_eq!(status, StatusCode::OK);
+    fleet.wait_all("weight 100", |r| r["weight"] == json!(100.0)).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let loads: Vec<_> = fleet.running().map(|p| tokio::spawn(load(p.addr(), stop.clone()))).collect();
+
+    etcd.members[0].pause();
+    let (status, body) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 50}))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().unwrap().starts_with("fleet store unreachable: "), "{body}");
+    assert_eq!(fleet.route(0).await["weight"], json!(100.0), "a refused change is not applied");
+    // A manual rollback is always safe: in force here at once.
+    let (status, body) = call(fleet.at(0), Method::POST, "/v1/routes/web/rollback", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(get(fleet.at(0).addr(), "/", &[]).await.first_line(), "stable");
+    let disconnected = until(WAIT, || async { fleet.fleet_status(0).await["connected"] == json!(false) }).await;
+    assert!(disconnected);
+    assert_eq!(common::metric(&fleet.at(0).metrics(), "cutover_fleet_connected"), 0.0);
+
+    etcd.members[0].resume();
+    // Back online: the rollback reaches the other replica; nothing acknowledged is lost.
+    fleet.wait_all("halted everywhere", |r| r["halted"] == json!(true) && r["weight"] == json!(0.0)).await;
+    for i in 0..2 {
+        fleet.wait_connected(i, 2).await;
+    }
+    let (status, body) = call(fleet.at(1), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 10}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    fleet.wait_all("weight 10", |r| r["weight"] == json!(10.0) && r["halted"] == json!(false)).await;
+    stop.cancel();
+    for l in loads {
+        let (ok, failed) = l.await.unwrap();
+        assert_eq!(failed, 0, "requests failed while etcd was stopped");
+        assert!(ok > 0);
+    }
+}
+
+fn rollout(steps: &[u32], interval: &str, max_error_rate: f64) -> Value {
+    json!({ "steps": steps, "interval": interval, "max_error_rate": max_error_rate, "min_requests": 20 })
+}
+
+/// Which replica drives the route's rollout, by `/v1/fleet`.
+async fn driver(fleet: &Fleet, i: usize) -> Option<String> {
+    fleet.fleet_status(i).await["drivers"]["web"].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_drives_a_rollout_and_another_finishes_it_when_the_driver_dies() {
+    let etcd = Etcd::start();
+    let mut fleet = Fleet::start(&etcd, 3, "1s").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let loads: Vec<_> = fleet.running().map(|p| tokio::spawn(load(p.addr(), stop.clone()))).collect();
+    let (status, body) =
+        call(fleet.at(0), Method::POST, "/v1/routes/web/rollout", Some(rollout(&[10, 50, 100], "2s", 0.01))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let has_driver = until(WAIT, || async { driver(&fleet, 1).await.is_some() }).await;
+    assert!(has_driver, "no driver: {}", fleet.fleet_status(1).await);
+    let first = driver(&fleet, 1).await.unwrap();
+    let index: usize = first.trim_start_matches("proxy-").parse().unwrap();
+    // Exactly one replica says it drives.
+    let driving: f64 =
+        fleet.running().map(|p| common::metric(&p.metrics(), "cutover_rollout_driver{route=\"web\"}")).sum();
+    assert_eq!(driving, 1.0);
+    // Kill the driver as a crash would (its lease is left to expire).
+    let step_before = fleet.route(index).await["rollout"]["step"].as_u64().unwrap_or(0);
+    let dead = fleet.replicas[index].take().unwrap();
+    dead.running.fleet.as_ref().unwrap().kill();
+    let killed_at = Instant::now();
+    let other = (index + 1) % 3;
+    let took_over = until(WAIT, || async { driver(&fleet, other).await.is_some_and(|d| d != first) }).await;
+    assert!(took_over, "no new driver: {}", fleet.fleet_status(other).await);
+    let failover = killed_at.elapsed();
+    eprintln!("driver failover: {failover:?} (lease 1s)");
+    // Within the lease plus a second (and the polling's 20 ms).
+    assert!(failover < Duration::from_millis(1000 + 1000 + 100), "failover took {failover:?}");
+    // The same step goes on: not a restart from the first.
+    let step_after = fleet.route(other).await["rollout"]["step"].as_u64().unwrap_or(u64::MAX);
+    assert!(step_after >= step_before, "step {step_before} before, {step_after} after the failover");
+    // The rollout goes on to the end.
+    let done = until(Duration::from_secs(30), || async {
+        fleet.route(other).await["last_outcome"].as_str().is_some_and(|o| o.starts_with("completed"))
+    })
+    .await;
+    assert!(done, "the rollout did not finish: {}", fleet.route(other).await);
+    fleet.wait_all("weight 100", |r| r["weight"] == json!(100.0) && r["rollout"].is_null()).await;
+    stop.cancel();
+    for l in loads {
+        let _ = l.await;
+    }
+    drop(dead);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_errors_seen_only_through_a_replica_that_does_not_drive_roll_the_rollout_back() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 2, "2s").await;
+    let (status, body) =
+        call(fleet.at(0), Method::POST, "/v1/routes/web/rollout", Some(rollout(&[50, 100], "3s", 0.05))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let has_driver = until(WAIT, || async { driver(&fleet, 0).await.is_some() }).await;
+    assert!(has_driver);
+    let name = driver(&fleet, 0).await.unwrap();
+    let other = if name == "proxy-0" { 1 } else { 0 };
+    // Canary errors only through the replica that does not drive; the
+    // driver sees a healthy canary.
+    for _ in 0..30 {
+        let _ = get(fleet.at(other).addr(), "/", &[("cookie", "cutover_beta=always"), ("x-fail", "1")]).await;
+        let ok = get(fleet.at(1 - other).addr(), "/", &[("cookie", "cutover_beta=always")]).await;
+        assert_eq!(ok.first_line(), "canary");
+    }
+    let rolled_back = until(Duration::from_secs(20), || async {
+        fleet.route(1 - other).await["last_outcome"].as_str().is_some_and(|o| o.contains("rolled back automatically"))
+    })
+    .await;
+    if !rolled_back {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.urls()[0], "get", "--prefix", &fleet.prefix])
+            .output()
+            .unwrap();
+        eprintln!("DEBUG {}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert!(rolled_back, "{}", fleet.route(1 - other).await);
+    fleet.wait_all("halted", |r| r["halted"] == json!(true) && r["weight"] == json!(0.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_joins_mid_rollout_follows_it() {
+    let etcd = Etcd::start();
+    let mut fleet = Fleet::start(&etcd, 2, "2s").await;
+    let (status, body) =
+        call(fleet.at(1), Method::POST, "/v1/routes/web/rollout", Some(rollout(&[10, 20], "1h", 0.01))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let i = fleet.add(&etcd, "proxy-late", "2s", None).await;
+    let follows = until(WAIT, || async {
+        let r = fleet.route(i).await;
+        r["weight"] == json!(10.0) && r["rollout"]["step"] == json!(1)
+    })
+    .await;
+    assert!(follows, "{}", fleet.route(i).await);
+    let (status, _) = call(fleet.at(0), Method::POST, "/v1/routes/web/rollout/pause", None).await;
+    assert_eq!(status, StatusCode::OK);
+    fleet.wait_all("paused", |r| r["rollout"]["paused"] == json!(true)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_member_etcd_cluster_with_one_member_killed_keeps_working() {
+    let mut etcd = Etcd::cluster(3);
+    let fleet = Fleet::start(&etcd, 2, "2s").await;
+    let (status, _) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 25}))).await;
+    assert_eq!(status, StatusCode::OK);
+    fleet.wait_all("weight 25", |r| r["weight"] == json!(25.0)).await;
+    etcd.members[0].kill();
+    // The replicas move to another member; changes still go through.
+    let changed = until(WAIT, || async {
+        call(fleet.at(1), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 60}))).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(changed, "no change accepted after one member died");
+    fleet.wait_all("weight 60", |r| r["weight"] == json!(60.0)).await;
 }

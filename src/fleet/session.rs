@@ -296,9 +296,18 @@ impl Session {
                         continue;
                     }
                     match record.as_ref().and_then(|r| r.state.rollout.as_ref().and(r.window.clone())) {
-                        Some(window) => view.windows.insert(route.to_string(), window),
-                        None => view.windows.remove(route),
-                    };
+                        Some(window) => {
+                            // The window starts now: this replica's counters from here on count.
+                            let key = (route.to_string(), window.clone());
+                            if !self.baselines.contains_key(&key) {
+                                self.baselines.insert(key, route_totals(&self.shared, route));
+                            }
+                            view.windows.insert(route.to_string(), window);
+                        }
+                        None => {
+                            view.windows.remove(route);
+                        }
+                    }
                     routes.push(RouteChange {
                         route: route.to_string(),
                         revision: if event.deleted { 0 } else { revision },
@@ -474,10 +483,8 @@ impl Session {
         if windows.is_empty() {
             return Ok(());
         }
-        let snapshot = self.shared.snapshot.load_full();
         for (route, window) in windows {
-            let Some(data) = snapshot.routes.iter().find(|r| &*r.metrics.route == route.as_str()) else { continue };
-            let now = Version::ALL.map(|v| data.metrics.version(v).totals());
+            let now = route_totals(&self.shared, &route);
             let baseline = self.baselines.entry((route.clone(), window.clone())).or_insert_with(|| now.clone());
             let versions = [now[0].since(&baseline[0]), now[1].since(&baseline[1])];
             let requests = versions[0].requests + versions[1].requests;
@@ -490,5 +497,14 @@ impl Session {
             self.published.insert(route, (window, requests));
         }
         Ok(())
+    }
+}
+
+/// This replica's running totals of a route (zero if it has no such route).
+fn route_totals(shared: &Shared, route: &str) -> [Totals; 2] {
+    let snapshot = shared.snapshot.load();
+    match snapshot.routes.iter().find(|r| &*r.metrics.route == route) {
+        Some(data) => Version::ALL.map(|v| data.metrics.version(v).totals()),
+        None => Default::default(),
     }
 }

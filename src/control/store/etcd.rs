@@ -24,8 +24,9 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Kinds of change that open a new rollout step window.
-const NEW_WINDOW: [&str; 3] = ["rollout_start", "rollout_step", "rollout_extend"];
+/// Kinds of change that open a new rollout step window (an extended step
+/// keeps its window: its figures accumulate, as on a single instance).
+const NEW_WINDOW: [&str; 2] = ["rollout_start", "rollout_step"];
 
 impl EtcdStore {
     pub fn new(fleet: Fleet, cache: Option<PathBuf>) -> EtcdStore {
