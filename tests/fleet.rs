@@ -158,6 +158,12 @@ async fn a_weight_set_on_one_replica_is_in_force_on_all_and_users_agree() {
         assert_eq!(r["this"], json!(r["name"] == json!("proxy-0")), "{status}");
     }
     assert_eq!(status["config_hashes_agree"], json!(false), "{status}");
+    // `ctl fleet` shows the same, the differing hashes flagged.
+    let table = cutover::ctl::format_fleet(&status);
+    assert!(table.contains("connected to etcd"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("proxy-0 *")), "{table}");
+    assert_eq!(table.matches(" DIFFERS").count(), 2, "{table}");
+    assert!(table.contains("warning: the replicas run different configs"), "{table}");
     let metrics = fleet.at(0).metrics();
     assert_eq!(common::metric(&metrics, "cutover_fleet_connected"), 1.0, "{metrics}");
     assert_eq!(common::metric(&metrics, "cutover_fleet_replicas"), 3.0, "{metrics}");
