@@ -186,6 +186,8 @@ pub enum Command {
         follow: bool,
     },
     Upgrade,
+    /// Fleet mode: the replicas, their config hashes and the rollout drivers.
+    Fleet,
 }
 
 fn route_path(route: &str, rest: &str) -> String {
@@ -222,6 +224,7 @@ pub async fn run(target: &Target, command: Command, json_out: bool) -> Result<()
         Command::Reload => (M::POST, "/v1/reload".to_string(), None),
         Command::Events { follow } => return events(target, *follow, json_out).await,
         Command::Upgrade => (M::POST, "/v1/upgrade".to_string(), None),
+        Command::Fleet => (M::GET, "/v1/fleet".to_string(), None),
     };
     let (status, value) = call(target, method, &path, body).await?;
     let value = check(status, value)?;
@@ -240,12 +243,62 @@ pub async fn run(target: &Target, command: Command, json_out: bool) -> Result<()
             println!("config reloaded (hash {hash}){}", if changed { "" } else { "; nothing changed" });
         }
         Command::Upgrade => println!("{}", value.get("result").and_then(Value::as_str).unwrap_or("upgrade started")),
+        Command::Fleet => print!("{}", format_fleet(&value)),
         _ => {
             let route: RouteStatus = serde_json::from_value(value).map_err(|e| CtlError::Refused(e.to_string()))?;
             print!("{}", format_route(&route));
         }
     }
     Ok(())
+}
+
+/// `ctl fleet`: one line per replica; a config hash that differs from this
+/// replica's is flagged.
+pub fn format_fleet(v: &Value) -> String {
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    let mut out = format!(
+        "replica {} under {} (lease {}): {}\n",
+        text(v, "name"),
+        text(v, "prefix"),
+        text(v, "lease"),
+        if v.get("connected").and_then(Value::as_bool) == Some(true) {
+            "connected to etcd".to_string()
+        } else {
+            format!("NOT connected to etcd ({})", text(v, "error"))
+        }
+    );
+    out.push_str(&format!(
+        "{:<20} {:<20} {:<10} {:>10}  {}\n",
+        "REPLICA", "CONFIG", "CONNECTED", "REVISION", "LAST SEEN"
+    ));
+    for r in v.get("replicas").and_then(Value::as_array).into_iter().flatten() {
+        let differs = r.get("config_differs").and_then(Value::as_bool) == Some(true);
+        out.push_str(&format!(
+            "{:<20} {:<20} {:<10} {:>10}  {}\n",
+            format!(
+                "{}{}",
+                text(r, "name"),
+                if r.get("this").and_then(Value::as_bool) == Some(true) { " *" } else { "" }
+            ),
+            format!("{}{}", text(r, "config_hash"), if differs { " DIFFERS" } else { "" }),
+            if r.get("connected").and_then(Value::as_bool) == Some(true) { "yes" } else { "no" },
+            r.get("applied_revision").and_then(Value::as_i64).unwrap_or(0),
+            text(r, "last_seen"),
+        ));
+    }
+    let drivers = v.get("drivers").and_then(Value::as_object);
+    match drivers.filter(|d| !d.is_empty()) {
+        None => out.push_str("no rollout running\n"),
+        Some(d) => {
+            for (route, driver) in d {
+                out.push_str(&format!("rollout of {route} driven by {}\n", driver.as_str().unwrap_or("-")));
+            }
+        }
+    }
+    if v.get("config_hashes_agree").and_then(Value::as_bool) == Some(false) {
+        out.push_str("warning: the replicas run different configs (push the same file to every replica)\n");
+    }
+    out
 }
 
 async fn events(target: &Target, follow: bool, json_out: bool) -> Result<(), CtlError> {

@@ -62,7 +62,10 @@ backends = ["{canary}"]
 }
 
 /// Serves one demo app version on an ephemeral port.
-async fn app(version: Version, shared: Arc<std::sync::OnceLock<Arc<Shared>>>) -> std::io::Result<SocketAddr> {
+pub(crate) async fn app(
+    version: Version,
+    shared: Arc<std::sync::OnceLock<Arc<Shared>>>,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {

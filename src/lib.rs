@@ -16,6 +16,8 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod demo;
+pub mod demo_fleet;
+pub mod fleet;
 pub mod health;
 pub mod lifecycle;
 pub mod metrics;

@@ -37,6 +37,9 @@ enum Command {
         /// Canary weight at start, in percent.
         #[arg(long, default_value_t = 20.0)]
         weight: f64,
+        /// Three replicas sharing one live state in a local etcd (needs the etcd binary).
+        #[arg(long)]
+        fleet: bool,
     },
     /// Talk to a running cutover's admin API.
     Ctl(CtlArgs),
@@ -109,6 +112,8 @@ enum CtlCommand {
     },
     /// Zero-downtime binary upgrade (same as SIGUSR2).
     Upgrade,
+    /// Fleet mode: replicas, config hashes, connection to etcd, rollout drivers.
+    Fleet,
 }
 
 #[derive(Subcommand)]
@@ -141,9 +146,9 @@ fn main() -> ExitCode {
             cutover::lifecycle::run(&config)
         }
         Command::Check { config } => check(&config),
-        Command::Demo { listen, weight } => {
+        Command::Demo { listen, weight, fleet } => {
             init_logging();
-            cutover::demo::run(listen, weight)
+            if fleet { cutover::demo_fleet::run(listen, weight) } else { cutover::demo::run(listen, weight) }
         }
         Command::Ctl(args) => run_ctl(args),
         Command::Beta { command: BetaCommand::Mint { secret_file, choice, ttl } } => mint(&secret_file, &choice, &ttl),
@@ -198,6 +203,7 @@ fn run_ctl(args: CtlArgs) -> i32 {
         CtlCommand::Reload => ctl::Command::Reload,
         CtlCommand::Events { follow } => ctl::Command::Events { follow },
         CtlCommand::Upgrade => ctl::Command::Upgrade,
+        CtlCommand::Fleet => ctl::Command::Fleet,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -11,8 +11,8 @@ use std::sync::{Arc, OnceLock};
 
 use prometheus::core::{Collector, Metric, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::routing::{Reason, Version};
@@ -77,6 +77,7 @@ pub struct Metrics {
     pub tls_cert_reloads: IntCounterVec,
     /// Request heads the HTTP/1.1 server refused (400, 408, 414, 431, 501, 505).
     pub http1_head_refusals: IntCounterVec,
+    fleet: OnceLock<FleetMetrics>,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -184,6 +185,7 @@ impl Metrics {
                 "HTTP/1.1 request heads refused before routing, by listener and status code.",
                 &["listener", "code"],
             ),
+            fleet: OnceLock::new(),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -369,7 +371,7 @@ pub struct VersionMetrics {
 }
 
 /// Running totals of one (route, version), differenced over a rollout step.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
     pub requests: u64,
     pub errors: u64,
@@ -469,5 +471,44 @@ mod tests {
         m.weight.with_label_values(&["gone"]).set(0.5);
         m.remove_route("gone");
         assert!(!m.render().contains("route=\"gone\""), "{}", m.render());
+    }
+}
+
+/// Fleet mode's series (DESIGN §7), registered only when `[fleet]` is on.
+#[derive(Clone)]
+pub struct FleetMetrics {
+    pub connected: IntGauge,
+    pub replicas: IntGauge,
+    pub applied_revision: IntGauge,
+    pub driver: IntGaugeVec,
+}
+
+impl Metrics {
+    /// The fleet series, registered on first use.
+    pub fn fleet(&self) -> FleetMetrics {
+        self.fleet
+            .get_or_init(|| {
+                let gauge = |name: &str, help: &str| {
+                    let g = IntGauge::new(name, help).expect("valid metric");
+                    let _ = self.registry.register(Box::new(g.clone()));
+                    g
+                };
+                let driver = IntGaugeVec::new(
+                    Opts::new("cutover_rollout_driver", "1 on the replica that drives the route's rollout"),
+                    &["route"],
+                )
+                .expect("valid metric");
+                let _ = self.registry.register(Box::new(driver.clone()));
+                FleetMetrics {
+                    connected: gauge("cutover_fleet_connected", "1 while the fleet store (etcd) is reachable"),
+                    replicas: gauge("cutover_fleet_replicas", "Live replicas of this front door seen in etcd"),
+                    applied_revision: gauge(
+                        "cutover_fleet_applied_revision",
+                        "The newest etcd revision this replica has applied",
+                    ),
+                    driver,
+                }
+            })
+            .clone()
     }
 }

@@ -91,6 +91,8 @@ pub struct Running {
     /// The listening sockets (for handing over on upgrade).
     pub listeners: Vec<Arc<std::net::TcpListener>>,
     pub config_path: Option<PathBuf>,
+    /// The etcd session in fleet mode.
+    pub fleet: Option<crate::fleet::Fleet>,
     /// Duplicates of the admin and metrics sockets, with their kind, for upgrades.
     handover: Vec<(std::os::fd::OwnedFd, String)>,
     /// Set once another process serves the same sockets: do not unlink the admin socket.
@@ -216,7 +218,8 @@ pub fn start(source: Source, mut inherited: Inherited, upgrade: Option<UpgradeHo
         tracing::warn!("the admin API is on but [state] is not set: weight changes will not survive a restart");
     }
 
-    let control::Prepared { control, shared, commands, signals } = control::prepare(control::Start {
+    let fleet_config = config.fleet.clone();
+    let control::Prepared { mut control, shared, commands, signals } = control::prepare(control::Start {
         config,
         config_path: path.clone(),
         config_text: text,
@@ -225,11 +228,22 @@ pub fn start(source: Source, mut inherited: Inherited, upgrade: Option<UpgradeHo
     })
     .map_err(StartError::Other)?;
     let handle = control.handle();
+    // Fleet mode: etcd is the record of the live state; the session starts
+    // in the background, so a replica starts while etcd is unreachable.
+    let fleet = match &fleet_config {
+        Some(f) => {
+            let fleet = crate::fleet::start(f, handle.clone(), shared.clone(), &metrics).map_err(StartError::Other)?;
+            control.use_fleet(fleet.clone());
+            Some(fleet)
+        }
+        None => None,
+    };
 
     let control_stop = CancellationToken::new();
     let watch_path = path.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let control_thread = {
+        let admin_fleet = fleet.clone();
         let stop = control_stop.clone();
         let handle = handle.clone();
         let metrics = metrics.clone();
@@ -246,7 +260,12 @@ pub fn start(source: Source, mut inherited: Inherited, upgrade: Option<UpgradeHo
                 };
                 runtime.block_on(async move {
                     let control_task = tokio::spawn(control.run(commands, signals));
-                    let admin = Arc::new(admin::Admin { control: handle.clone(), token: admin_token, upgrade });
+                    let admin = Arc::new(admin::Admin {
+                        control: handle.clone(),
+                        token: admin_token,
+                        upgrade,
+                        fleet: admin_fleet,
+                    });
                     let setup = async {
                         match admin_socket {
                             Some(AdminSocket::Unix(s, _)) => {
@@ -314,6 +333,7 @@ pub fn start(source: Source, mut inherited: Inherited, upgrade: Option<UpgradeHo
         shared,
         listeners: sockets,
         config_path: path,
+        fleet,
         handover,
         handed_over: false,
         workers: Some(workers),
@@ -358,6 +378,11 @@ impl Running {
     }
 
     fn stop_control(&mut self) {
+        // Leave the fleet first: revoking the lease hands any rollout this
+        // replica drives to another at once.
+        if let Some(fleet) = self.fleet.take() {
+            fleet.stop();
+        }
         self.control_stop.cancel();
         if let Some(t) = self.control_thread.take() {
             let _ = t.join();

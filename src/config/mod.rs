@@ -72,6 +72,47 @@ pub struct Config {
     pub retries: Retries,
     pub routes: Vec<Route>,
     pub pools: BTreeMap<String, Pool>,
+    /// Several replicas sharing one live state through etcd (DESIGN §7).
+    pub fleet: Option<Fleet>,
+}
+
+/// `[fleet]`: where the shared live state lives and who this replica is.
+#[derive(Clone, PartialEq)]
+pub struct Fleet {
+    /// etcd client URLs, `http://host:port` or `https://host:port`.
+    pub etcd: Vec<String>,
+    /// Every key of this front door lives under it (no trailing `/`).
+    pub prefix: String,
+    /// This replica's name; default: the host name.
+    pub name: String,
+    pub lease: Duration,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// The password read from `password_file` (trailing whitespace removed).
+    pub password: Option<String>,
+    pub tls: Option<FleetTls>,
+}
+
+/// Debug leaves out what differs between replicas of one front door (the
+/// name) and the secret, so the config hash agrees across the fleet.
+impl fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fleet")
+            .field("etcd", &self.etcd)
+            .field("prefix", &self.prefix)
+            .field("lease", &self.lease)
+            .field("username", &self.username)
+            .field("password_file", &self.password_file)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -343,8 +384,21 @@ impl Config {
         // Every field but the source path (where the file lives, not what it
         // says). The text is what `{:?}` printed with `source: ".."` cut out,
         // so replicas on older releases show the same hash for the same config.
-        let Config { source: _, server, timeouts, sticky, beta, admin, metrics, log, state, retries, routes, pools } =
-            self;
+        let Config {
+            source: _,
+            server,
+            timeouts,
+            sticky,
+            beta,
+            admin,
+            metrics,
+            log,
+            state,
+            retries,
+            routes,
+            pools,
+            fleet,
+        } = self;
         let mut canon = Digest(ring::digest::Context::new(&ring::digest::SHA256));
         // Formatting into the digest cannot fail.
         let _ = write!(
@@ -358,7 +412,13 @@ impl Config {
             crate::pace::point();
             let _ = write!(canon, "{}{route:?}", if i == 0 { "" } else { ", " });
         }
-        let _ = write!(canon, "], pools: {pools:?} }}");
+        let _ = write!(canon, "], pools: {pools:?}");
+        // Absent, [fleet] adds nothing: a config without it keeps the hash
+        // earlier releases computed.
+        if let Some(fleet) = fleet {
+            let _ = write!(canon, ", fleet: Some({fleet:?})");
+        }
+        let _ = write!(canon, " }}");
         let digest = canon.0.finish();
         digest.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -375,7 +435,11 @@ mod tests {
         let config = parse(TEXT, "/etc/cutover/cutover.toml", Path::new("/etc/cutover")).unwrap();
         // The definition replicas of earlier releases compute: the debug text
         // with the source field cut out.
-        let text = format!("{config:?}").replacen(&format!("source: {:?}", config.source), "", 1);
+        let text = format!("{config:?}").replacen(&format!("source: {:?}", config.source), "", 1).replacen(
+            ", fleet: None",
+            "",
+            1,
+        );
         let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
         let expected: String = digest.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(config.fingerprint(), expected);
@@ -386,3 +450,6 @@ mod tests {
         assert_ne!(heavier.fingerprint(), expected);
     }
 }
+
+#[cfg(test)]
+mod fleet_tests;

@@ -43,6 +43,8 @@ pub struct File {
     #[serde(default)]
     pub retries: Option<Spanned<Retries>>,
     #[serde(default)]
+    pub fleet: Option<Spanned<Fleet>>,
+    #[serde(default)]
     pub routes: Vec<Spanned<Route>>,
     #[serde(default)]
     pub pools: BTreeMap<Spanned<String>, Spanned<Pool>>,
@@ -132,6 +134,26 @@ pub struct Retries {
     pub attempts: Option<Spanned<i64>>,
     pub budget_ratio: Option<Spanned<f64>>,
     pub budget_min_per_sec: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    pub etcd: Option<Spanned<Vec<Text>>>,
+    pub prefix: Option<Text>,
+    pub name: Option<Text>,
+    pub lease: Option<Text>,
+    pub username: Option<Text>,
+    pub password_file: Option<Text>,
+    pub tls: Option<Spanned<FleetTls>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetTls {
+    pub ca: Option<Text>,
+    pub cert: Option<Text>,
+    pub key: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -134,6 +134,7 @@ impl Cx<'_> {
             retries: self.retries(raw.retries.as_ref().map(|r| r.get_ref()))?,
             routes,
             pools,
+            fleet: raw.fleet.as_ref().map(|f| self.fleet(f.get_ref(), f.span())).transpose()?,
         })
     }
 
@@ -351,6 +352,101 @@ impl Cx<'_> {
         }
     }
 
+    fn fleet(&self, raw: &raw::Fleet, span: Range<usize>) -> Res<Fleet> {
+        let Some(list) = &raw.etcd else {
+            return Err(self.error(
+                span,
+                "fleet.etcd",
+                "expected the etcd client URLs, such as [\"http://10.0.1.5:2379\"]",
+            ));
+        };
+        if list.get_ref().is_empty() {
+            return Err(self.error(list.span(), "fleet.etcd", "expected at least one etcd URL"));
+        }
+        let mut etcd = Vec::new();
+        for url in list.get_ref() {
+            let text = url.get_ref().trim().trim_end_matches('/');
+            let authority = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"));
+            if !authority.is_some_and(is_authority) {
+                return Err(self.error(
+                    url.span(),
+                    "fleet.etcd",
+                    format!("expected a URL such as \"http://10.0.1.5:2379\", got {:?}", url.get_ref()),
+                ));
+            }
+            etcd.push(text.to_string());
+        }
+        let prefix = match &raw.prefix {
+            None => "/cutover".to_string(),
+            Some(p) => {
+                let text = p.get_ref().trim_end_matches('/');
+                if !text.starts_with('/') || text.contains("//") || text.chars().any(char::is_control) {
+                    return Err(self.error(
+                        p.span(),
+                        "fleet.prefix",
+                        format!("expected a key prefix such as \"/cutover/prod\", got {:?}", p.get_ref()),
+                    ));
+                }
+                text.to_string()
+            }
+        };
+        let name = match &raw.name {
+            Some(n) if is_name(n.get_ref()) => n.get_ref().clone(),
+            Some(n) => return Err(self.error(n.span(), "fleet.name", NAME_RULE)),
+            None => host_name(),
+        };
+        let lease = self.duration(&raw.lease, "fleet.lease", "5s")?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&lease) || lease.subsec_nanos() != 0 {
+            let span = raw.lease.as_ref().map(|l| l.span()).unwrap_or(span.clone());
+            return Err(self.error(
+                span,
+                "fleet.lease",
+                "expected whole seconds from 1s to 1h (etcd leases count in seconds)",
+            ));
+        }
+        let password = match (&raw.username, &raw.password_file) {
+            (Some(_), Some(p)) => {
+                let bytes = std::fs::read(self.path(p)).map_err(|e| {
+                    self.error(p.span(), "fleet.password_file", format!("cannot read {}: {e}", self.path(p).display()))
+                })?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| self.error(p.span(), "fleet.password_file", "the password must be UTF-8 text"))?;
+                Some(text.trim_end().to_string())
+            }
+            (None, None) => None,
+            (Some(u), None) => {
+                return Err(self.error(u.span(), "fleet.password_file", "username needs a password_file"));
+            }
+            (None, Some(p)) => return Err(self.error(p.span(), "fleet.username", "password_file needs a username")),
+        };
+        let tls = raw.tls.as_ref().map(|t| {
+            let t = t.get_ref();
+            FleetTls {
+                ca: t.ca.as_ref().map(|p| self.path(p)),
+                cert: t.cert.as_ref().map(|p| self.path(p)),
+                key: t.key.as_ref().map(|p| self.path(p)),
+            }
+        });
+        if let (Some(t), Some(spanned)) = (&tls, &raw.tls) {
+            if t.cert.is_some() != t.key.is_some() {
+                return Err(self.error(spanned.span(), "fleet.tls", "cert and key go together (client certificate)"));
+            }
+            if etcd.iter().any(|u| u.starts_with("http://")) {
+                return Err(self.error(spanned.span(), "fleet.tls", "with tls, every etcd URL must be https://"));
+            }
+        }
+        Ok(Fleet {
+            etcd,
+            prefix,
+            name,
+            lease,
+            username: raw.username.as_ref().map(|u| u.get_ref().clone()),
+            password_file: raw.password_file.as_ref().map(|p| self.path(p)),
+            password,
+            tls,
+        })
+    }
+
     fn retries(&self, raw: Option<&raw::Retries>) -> Res<Retries> {
         let default = raw::Retries::default();
         let raw = raw.unwrap_or(&default);
@@ -555,6 +651,20 @@ impl Cx<'_> {
         }
         Ok(routes)
     }
+}
+
+/// The host name (a replica's default fleet name), made a valid name.
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+        .take(64)
+        .collect();
+    if name.is_empty() { "cutover".into() } else { name }
 }
 
 const NAME_RULE: &str = "expected a name of 1 to 64 letters, digits, '-', '_' or '.'";

@@ -38,6 +38,8 @@ pub struct Admin {
     /// Required on TCP listeners.
     pub token: Option<String>,
     pub upgrade: Option<Arc<dyn Fn() -> Result<String, String> + Send + Sync>>,
+    /// Fleet mode's session, for `GET /v1/fleet`.
+    pub fleet: Option<crate::fleet::Fleet>,
 }
 
 /// Binds the Unix socket: creates the parent directory, refuses to start if
@@ -131,6 +133,7 @@ fn from_control<T: serde::Serialize>(result: Result<T, ControlError>) -> Respons
         Err(e @ ControlError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e @ ControlError::Conflict(_)) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e @ ControlError::Internal(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e @ ControlError::Unavailable(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
@@ -288,6 +291,11 @@ async fn handle(admin: &Admin, actor: Actor, needs_token: bool, req: Request<Inc
             let route = name.to_string();
             from_control(control.ask(|reply| Command::AbortRollout { route, actor, reply }).await)
         }
+        (&Method::GET, ["v1", "fleet"]) => match (&admin.fleet, control.status().await) {
+            (None, _) => error(StatusCode::NOT_FOUND, "this cutover runs alone: no [fleet] in its config"),
+            (Some(fleet), Some(status)) => json_response(StatusCode::OK, fleet.status(&status.reload.config_hash)),
+            (Some(_), None) => error(StatusCode::INTERNAL_SERVER_ERROR, "the control plane stopped"),
+        },
         (&Method::POST, ["v1", "reload"]) => from_control(control.reload(actor).await),
         (&Method::GET, ["v1", "events"]) => events(control, req.uri().query().unwrap_or("")).await,
         (&Method::POST, ["v1", "upgrade"]) => match &admin.upgrade {
@@ -302,7 +310,7 @@ async fn handle(admin: &Admin, actor: Actor, needs_token: bool, req: Request<Inc
         | (_, ["v1", "routes", _])
         | (_, ["v1", "routes", _, "weight" | "promote" | "rollback" | "rollout"])
         | (_, ["v1", "routes", _, "rollout", "pause" | "resume"])
-        | (_, ["v1", "reload" | "events" | "upgrade"]) => {
+        | (_, ["v1", "reload" | "events" | "upgrade" | "fleet"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
         }
         _ => error(StatusCode::NOT_FOUND, format!("no endpoint {path}")),

@@ -6,11 +6,14 @@
 //! for the next request when the call returns, and changes never race.
 
 pub mod admin;
+pub mod analysis;
 pub mod events;
+mod fleet_sync;
 pub mod reload;
 pub mod rollout;
 pub mod state;
 mod status;
+mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -71,6 +74,9 @@ pub enum ControlError {
     Conflict(String),
     #[error("{0}")]
     Internal(String),
+    /// The fleet store (etcd) cannot be reached: 503.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
@@ -89,6 +95,7 @@ pub enum Command {
     Route { route: String, reply: Reply<RouteStatus> },
     Events { since: u64, reply: oneshot::Sender<(Vec<events::Event>, tokio::sync::watch::Receiver<u64>)> },
     Health(HealthUpdate),
+    Fleet(crate::fleet::Note),
 }
 
 /// A cheap, cloneable way to send commands to the control task.
@@ -176,6 +183,8 @@ pub struct Control {
     metrics: Arc<Metrics>,
     handle: Handle,
     last_reload: ReloadStatus,
+    /// Where live state is recorded: the state file, or etcd in fleet mode.
+    store: Box<dyn store::Store>,
 }
 
 /// Everything needed to start the control plane.
@@ -278,6 +287,7 @@ pub fn prepare(start: Start) -> Result<Prepared, String> {
         metrics,
         handle,
         last_reload: ReloadStatus::default(),
+        store: Box::new(store::file::FileStore::new(config.state.as_ref().map(|s| s.path.clone()))),
     };
     control.backends.sync(&config, &control.upstream_tls);
     control.publish();
@@ -393,6 +403,7 @@ impl Control {
                 let _ = reply.send((self.events.since(since, 500), self.events.subscribe()));
             }
             Command::Health(update) => self.health_update(update),
+            Command::Fleet(note) => self.fleet_note(note),
         }
     }
 
@@ -448,30 +459,8 @@ impl Control {
 
     /// Writes the state file; a failure is logged and returned.
     fn persist(&mut self) -> Result<(), ControlError> {
-        let Some(s) = &self.config.state else { return Ok(()) };
-        let file = state::StateFile {
-            version: state::FORMAT_VERSION,
-            routes: self
-                .live
-                .iter()
-                .map(|(name, l)| {
-                    (
-                        name.clone(),
-                        state::RouteState {
-                            weight_bp: l.weight.basis_points(),
-                            halted: l.halted,
-                            config_weight_bp: l.config_weight.basis_points(),
-                            rollout: l.rollout.as_ref().map(|r| r.state.clone()),
-                            last_outcome: l.last_outcome.clone(),
-                        },
-                    )
-                })
-                .collect(),
-        };
-        state::save(&s.path, &file).map_err(|e| {
-            tracing::error!("{e}");
-            ControlError::Internal(e.to_string())
-        })
+        let file = self.state_file();
+        self.store.cache(&file)
     }
 
     /// Applies a change to one route's live state: persists it, publishes a
@@ -489,13 +478,16 @@ impl Control {
         let entry = self.live.get_mut(route).expect("checked above");
         f(entry);
         let after = entry.clone();
-        if let Err(e) = self.persist() {
+        let file = self.state_file();
+        let written =
+            self.store.write(&store::Change { route, live: &after, actor, kind, detail: detail.as_deref() }, &file);
+        if let Err(e) = written {
             self.live.insert(route.to_string(), before);
             return Err(e);
         }
         self.publish();
         self.events.push(NewEvent {
-            actor: actor.to_string(),
+            actor: self.actor_name(actor),
             route: Some(route.to_string()),
             kind: kind.into(),
             before: Some(describe(&before)),
@@ -677,8 +669,10 @@ impl Control {
         }
     }
 
+    /// The next step to judge, of the rollouts this replica drives (in
+    /// fleet mode, one replica drives each; the others hold the weight).
     fn next_deadline(&self) -> Option<Instant> {
-        self.live.values().filter_map(|l| l.rollout.as_ref()?.deadline).min()
+        self.live.iter().filter(|(n, _)| self.store.drives(n)).filter_map(|(_, l)| l.rollout.as_ref()?.deadline).min()
     }
 
     /// Judges every rollout step whose time is up.
@@ -687,7 +681,9 @@ impl Control {
         let due: Vec<String> = self
             .live
             .iter()
-            .filter(|(_, l)| l.rollout.as_ref().and_then(|r| r.deadline).is_some_and(|d| d <= now))
+            .filter(|(n, l)| {
+                l.rollout.as_ref().and_then(|r| r.deadline).is_some_and(|d| d <= now) && self.store.drives(n)
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for route in due {
@@ -697,7 +693,10 @@ impl Control {
 
     fn judge_step(&mut self, route: &str) {
         let Some(r) = self.live.get(route).and_then(|l| l.rollout.clone()) else { return };
-        let window = self.window(route, &r.baseline);
+        let window = match self.store.fleet_window(route) {
+            Some(totals) => analysis::window(&totals),
+            None => self.window(route, &r.baseline),
+        };
         let verdict = rollout::judge(&r.state.plan, r.state.step, &window);
         let figures = format!(
             "canary {} requests, {:.2}% errors, p99 {}; stable {} requests, {:.2}% errors, p99 {}",
@@ -974,6 +973,7 @@ fn restart_notes(old: &Config, new: &Config, changes: &mut Vec<String>) {
     note("metrics.listen", old.metrics != new.metrics);
     note("log", old.log != new.log);
     note("state.path", old.state != new.state);
+    note("fleet", old.fleet != new.fleet);
 }
 
 fn describe(l: &RouteLive) -> String {

@@ -2,6 +2,7 @@
 //! (ports from 0), a small HTTP client, and helpers to run the binary.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod wire;
 
 use std::convert::Infallible;

@@ -1,0 +1,89 @@
+//! Changes from the fleet: the watch hands every route change to the
+//! control task, which applies it as it would its own (snapshot, state
+//! cache, event naming the replica it came from). A change this replica
+//! made itself comes back with a revision it already has and is skipped.
+
+use super::events::NewEvent;
+use super::store::etcd::deadline_of;
+use super::{Control, Rollout, RouteLive, describe};
+use crate::config::Weight;
+use crate::fleet::{Note, RouteChange};
+
+impl Control {
+    pub(super) fn fleet_note(&mut self, note: Note) {
+        match note {
+            // The run loop plans deadlines again after every command.
+            Note::Drivers => {}
+            Note::Routes(changes) => {
+                let mut changed = false;
+                for change in changes {
+                    changed |= self.apply_remote(change);
+                }
+                if changed {
+                    let _ = self.persist();
+                    self.publish();
+                }
+            }
+        }
+    }
+
+    /// Applies one route's state from etcd; true if anything changed here.
+    fn apply_remote(&mut self, change: RouteChange) -> bool {
+        let RouteChange { route, revision, record } = change;
+        if revision != 0 && revision <= self.store.revision(&route) {
+            return false;
+        }
+        self.store.seen(&route, revision, record.as_ref());
+        // A deleted key (by hand) leaves the last state in force here.
+        let Some(record) = record else { return false };
+        // A route this replica's config does not have: its config differs
+        // (`ctl fleet` flags it); nothing to apply.
+        let Some(config_route) = self.config.route(&route) else { return false };
+        let s = &record.state;
+        let Some(weight) = Weight::from_basis_points(s.weight_bp) else {
+            tracing::warn!(route, weight_bp = s.weight_bp, "fleet: ignored a route state with a weight out of range");
+            return false;
+        };
+        let baseline = self.totals(&route);
+        let rollout = s.rollout.clone().map(|state| {
+            let remaining = std::time::Duration::from_millis(record.remaining_ms);
+            Rollout {
+                deadline: (!state.paused).then(|| {
+                    record
+                        .step_ends_at_ms
+                        .map_or_else(|| tokio::time::Instant::now() + state.plan.interval, deadline_of)
+                }),
+                remaining,
+                baseline,
+                state,
+            }
+        });
+        let live = RouteLive {
+            weight,
+            halted: s.halted,
+            config_weight: config_route.weight,
+            rollout,
+            last_outcome: s.last_outcome.clone(),
+        };
+        let before = self.live.get(&route).cloned();
+        let same = before.as_ref().is_some_and(|b| {
+            b.weight == live.weight
+                && b.halted == live.halted
+                && b.last_outcome == live.last_outcome
+                && b.rollout.as_ref().map(|r| &r.state) == live.rollout.as_ref().map(|r| &r.state)
+        });
+        self.events.push(NewEvent {
+            actor: format!("{}@{}", record.actor, record.by),
+            route: Some(route.clone()),
+            kind: record.kind.clone(),
+            before: before.as_ref().map(describe),
+            after: Some(describe(&live)),
+            detail: Some(match &record.detail {
+                Some(d) => format!("from the fleet: {d}"),
+                None => "from the fleet".into(),
+            }),
+        });
+        self.live.insert(route, live);
+        !same
+    }
+}

@@ -1,0 +1,161 @@
+//! A real etcd for the fleet tests: started on free ports with a temporary
+//! data dir, stopped (killed) on drop. A missing `etcd` binary fails the
+//! test with a clear message: nothing is skipped silently.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn etcd_binary() -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("etcd"))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!("the fleet tests need the `etcd` binary (Debian: apt-get install etcd-server); .ci/run installs it")
+    })
+}
+
+/// One etcd member.
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Member {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn spawn(&mut self, cluster: &str, state: &str) {
+        let log = std::fs::File::create(self.dir.join(format!("{}.log", self.name))).unwrap();
+        let child = Command::new(etcd_binary())
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(self.dir.join(&self.name))
+            .args(["--listen-client-urls", &self.url(), "--advertise-client-urls", &self.url()])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", self.peer_port)])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", self.peer_port)])
+            .args(["--initial-cluster", cluster, "--initial-cluster-state", state])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+    }
+
+    fn signal(&self, name: &str) {
+        let Some(child) = &self.child else { return };
+        let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Freezes the member (an outage that keeps its sockets open).
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the member answers `GET /health` with a healthy cluster.
+    pub fn healthy(&self) -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer.contains("\"health\":\"true\"")
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An etcd cluster of one or more members on loopback.
+pub struct Etcd {
+    pub members: Vec<Member>,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// One member, ready.
+    pub fn start() -> Etcd {
+        Self::cluster(1)
+    }
+
+    /// `size` members, ready (every member reports a healthy cluster).
+    pub fn cluster(size: usize) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let mut members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+                dir: dir.path().to_path_buf(),
+            })
+            .collect();
+        let cluster: Vec<String> =
+            members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)).collect();
+        let cluster = cluster.join(",");
+        for m in &mut members {
+            m.spawn(&cluster, "new");
+        }
+        let etcd = Etcd { members, _dir: dir };
+        etcd.wait_healthy(Duration::from_secs(30));
+        etcd
+    }
+
+    pub fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        for m in &self.members {
+            while !m.healthy() {
+                assert!(Instant::now() < deadline, "etcd member {} not healthy in time:\n{}", m.name, self.log(m));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn log(&self, m: &Member) -> String {
+        std::fs::read_to_string(m.dir.join(format!("{}.log", m.name))).unwrap_or_default()
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.members.iter().map(Member::url).collect()
+    }
+
+    /// A `[fleet]` section for replica `name` under `prefix`.
+    pub fn fleet_section(&self, prefix: &str, name: &str, lease: &str) -> String {
+        let urls: Vec<String> = self.urls().iter().map(|u| format!("{u:?}")).collect();
+        format!("[fleet]\netcd = [{}]\nprefix = {prefix:?}\nname = {name:?}\nlease = {lease:?}\n", urls.join(", "))
+    }
+
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+}

@@ -1,0 +1,419 @@
+//! Fleet mode (DESIGN §7) against a real etcd: three in-process replicas,
+//! each with its own state file and admin socket, share one live state.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use common::{Backend, Proxy, get, two_pool_config};
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// Generous: two loaded cores.
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Fleet {
+    stable: Backend,
+    canary: Backend,
+    replicas: Vec<Option<Proxy>>,
+    prefix: String,
+}
+
+fn prefix() -> String {
+    format!("/cutover/test-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}
+
+impl Fleet {
+    async fn start(etcd: &Etcd, count: usize, lease: &str) -> Fleet {
+        let stable = Backend::named("stable").await;
+        // The canary fails the requests that carry `x-fail` (errors seen
+        // through one chosen replica only).
+        let canary = Backend::start(|req| async move {
+            match req.headers().contains_key("x-fail") {
+                true => common::text(StatusCode::INTERNAL_SERVER_ERROR, "canary failing\n"),
+                false => common::text(StatusCode::OK, "canary\n"),
+            }
+        })
+        .await;
+        let mut fleet = Fleet { stable, canary, replicas: Vec::new(), prefix: prefix() };
+        for i in 0..count {
+            fleet.add(etcd, &format!("proxy-{i}"), lease, None).await;
+        }
+        for i in 0..count {
+            fleet.wait_connected(i, count).await;
+        }
+        fleet
+    }
+
+    fn config(&self, etcd: &Etcd, name: &str, lease: &str) -> String {
+        two_pool_config(self.stable.addr, self.canary.addr, 0.0, &etcd.fleet_section(&self.prefix, name, lease))
+    }
+
+    /// Starts one more replica (in `dir` if given: a restart with its cache).
+    async fn add(&mut self, etcd: &Etcd, name: &str, lease: &str, dir: Option<tempfile::TempDir>) -> usize {
+        let config = self.config(etcd, name, lease);
+        let proxy = match dir {
+            Some(dir) => Proxy::start_in(dir, &config),
+            None => Proxy::start(&config),
+        };
+        self.replicas.push(Some(proxy));
+        self.replicas.len() - 1
+    }
+
+    fn at(&self, i: usize) -> &Proxy {
+        self.replicas[i].as_ref().expect("replica running")
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Proxy> {
+        self.replicas.iter().flatten()
+    }
+
+    async fn fleet_status(&self, i: usize) -> Value {
+        let (status, body) = self.at(i).admin_call(Method::GET, "/v1/fleet", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Waits until replica `i` is connected and sees `count` replicas.
+    async fn wait_connected(&self, i: usize, count: usize) {
+        let ok = until(WAIT, || async {
+            let s = self.fleet_status(i).await;
+            s["connected"] == json!(true) && s["replicas"].as_array().map_or(0, Vec::len) == count
+        })
+        .await;
+        assert!(ok, "replica {i} not connected with {count} replicas: {}", self.fleet_status(i).await);
+    }
+
+    async fn route(&self, i: usize) -> Value {
+        let (status, body) = self.at(i).admin_call(Method::GET, "/v1/routes/web", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Waits until every running replica's route satisfies `check`.
+    async fn wait_all(&self, what: &str, check: impl Fn(&Value) -> bool) {
+        for (i, _) in self.replicas.iter().enumerate().filter(|(_, p)| p.is_some()) {
+            let ok = until(WAIT, || async { check(&self.route(i).await) }).await;
+            assert!(ok, "replica {i}: {what} not reached: {}", self.route(i).await);
+        }
+    }
+}
+
+/// Polls an async check every 20 ms until it holds or `limit` passes.
+async fn until<F, Fut>(limit: Duration, check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn call(p: &Proxy, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    p.admin_call(method, path, body).await
+}
+
+async fn version_for(p: &Proxy, user: &str) -> String {
+    get(p.addr(), "/", &[("cookie", &format!("cutover_id={user}"))]).await.first_line().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_set_on_one_replica_is_in_force_on_all_and_users_agree() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 3, "2s").await;
+    let (status, body) = call(fleet.at(1), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 30}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    fleet.wait_all("weight 30", |r| r["weight"] == json!(30.0)).await;
+    // The same users get the same version through every replica.
+    let mut canary = 0;
+    for u in 0..60 {
+        let user = format!("user-{u}");
+        let first = version_for(fleet.at(0), &user).await;
+        for p in fleet.running().skip(1) {
+            assert_eq!(version_for(p, &user).await, first, "{user}");
+        }
+        canary += usize::from(first == "canary");
+    }
+    assert!((5..=35).contains(&canary), "{canary} of 60 users on the canary at 30%");
+    // The event on another replica names where the change came from.
+    let (_, events) = call(fleet.at(2), Method::GET, "/v1/events", None).await;
+    let from = events["events"].as_array().unwrap().iter().find(|e| e["kind"] == json!("weight"));
+    assert_eq!(from.map(|e| e["actor"].clone()), Some(json!("unix@proxy-1")), "{events}");
+    // Visible: every replica, the same config hash, metrics.
+    // (The replicas' configs differ here by their temp dirs: each is flagged.)
+    let status = fleet.fleet_status(0).await;
+    let replicas = status["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 3, "{status}");
+    for r in replicas {
+        assert_eq!(r["config_differs"], json!(r["config_hash"] != status["config_hash"]), "{status}");
+        assert_eq!(r["this"], json!(r["name"] == json!("proxy-0")), "{status}");
+    }
+    assert_eq!(status["config_hashes_agree"], json!(false), "{status}");
+    // `ctl fleet` shows the same, the differing hashes flagged.
+    let table = cutover::ctl::format_fleet(&status);
+    assert!(table.contains("connected to etcd"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("proxy-0 *")), "{table}");
+    assert_eq!(table.matches(" DIFFERS").count(), 2, "{table}");
+    assert!(table.contains("warning: the replicas run different configs"), "{table}");
+    let metrics = fleet.at(0).metrics();
+    assert_eq!(common::metric(&metrics, "cutover_fleet_connected"), 1.0, "{metrics}");
+    assert_eq!(common::metric(&metrics, "cutover_fleet_replicas"), 3.0, "{metrics}");
+    assert!(common::metric(&metrics, "cutover_fleet_applied_revision") > 0.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_on_any_replica_halts_every_replica() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 3, "2s").await;
+    let (status, _) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 100}))).await;
+    assert_eq!(status, StatusCode::OK);
+    fleet.wait_all("weight 100", |r| r["weight"] == json!(100.0)).await;
+    let (status, body) = call(fleet.at(2), Method::POST, "/v1/routes/web/rollback", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    fleet.wait_all("halted", |r| r["halted"] == json!(true) && r["weight"] == json!(0.0)).await;
+    for p in fleet.running() {
+        assert_eq!(get(p.addr(), "/", &[("cookie", "cutover_beta=always")]).await.first_line(), "stable");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_changes_on_two_replicas_one_wins_the_other_gets_409() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 2, "2s").await;
+    let mut conflicts = 0;
+    for round in 0..30 {
+        let (a, b) = (f64::from(round), f64::from(round) + 50.0);
+        let path = "/v1/routes/web/weight";
+        let ((sa, ba), (sb, bb)) = tokio::join!(
+            call(fleet.at(0), Method::PUT, path, Some(json!({ "weight": a }))),
+            call(fleet.at(1), Method::PUT, path, Some(json!({ "weight": b }))),
+        );
+        assert!(sa == StatusCode::OK || sb == StatusCode::OK, "round {round}: neither won: {ba} {bb}");
+        for (s, body) in [(sa, &ba), (sb, &bb)] {
+            assert!(s == StatusCode::OK || s == StatusCode::CONFLICT, "round {round}: {s} {body}");
+            if s == StatusCode::CONFLICT {
+                conflicts += 1;
+                assert!(body["error"].as_str().unwrap().contains("changed on another replica"), "{body}");
+            }
+        }
+        // Nothing half-applied: both replicas settle on the same weight, one of the two asked for.
+        let winner = if sb == StatusCode::OK && sa != StatusCode::OK { b } else { a };
+        let settled = until(WAIT, || async {
+            let (wa, wb) = (fleet.route(0).await["weight"].clone(), fleet.route(1).await["weight"].clone());
+            wa == wb && (wa == json!(a) || wa == json!(b))
+        })
+        .await;
+        assert!(settled, "round {round}: replicas disagree ({} vs {})", fleet.route(0).await, fleet.route(1).await);
+        if sa != sb {
+            assert_eq!(fleet.route(0).await["weight"], json!(winner), "round {round}");
+        }
+        if conflicts >= 3 {
+            break;
+        }
+    }
+    assert!(conflicts > 0, "30 rounds of simultaneous changes and never a conflict");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_reads_the_fleet_state() {
+    let etcd = Etcd::start();
+    let mut fleet = Fleet::start(&etcd, 2, "2s").await;
+    let (status, _) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 20}))).await;
+    assert_eq!(status, StatusCode::OK);
+    fleet.wait_all("weight 20", |r| r["weight"] == json!(20.0)).await;
+    // Replica 1 stops; its state file (the cache) says 20.
+    let stopped = fleet.replicas[1].take().unwrap();
+    let Proxy { running, dir, .. } = stopped;
+    running.shutdown();
+    // Meanwhile the fleet moves on.
+    let (status, _) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 70}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let i = fleet.add(&etcd, "proxy-1", "2s", Some(dir)).await;
+    let ok = until(WAIT, || async { fleet.route(i).await["weight"] == json!(70.0) }).await;
+    assert!(ok, "the restarted replica did not take the fleet's weight: {}", fleet.route(i).await);
+}
+
+/// Requests through replica `p` until `stop`: (answered 200, failed).
+async fn load(addr: std::net::SocketAddr, stop: tokio_util::sync::CancellationToken) -> (u64, u64) {
+    let (mut ok, mut failed) = (0, 0);
+    let mut client = common::Client::connect(addr).await;
+    while !stop.is_cancelled() {
+        let got = client.get("/", &[]).await;
+        if got.status == StatusCode::OK { ok += 1 } else { failed += 1 }
+    }
+    (ok, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_stopped_under_load_changes_answer_503_a_rollback_applies_and_all_converge() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 2, "2s").await;
+    let (status, _) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 100}))).await;
+    assert_eq!(status, StatusCode::OK);
+    fleet.wait_all("weight 100", |r| r["weight"] == json!(100.0)).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let loads: Vec<_> = fleet.running().map(|p| tokio::spawn(load(p.addr(), stop.clone()))).collect();
+
+    etcd.members[0].pause();
+    let (status, body) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 50}))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().unwrap().starts_with("fleet store unreachable: "), "{body}");
+    assert_eq!(fleet.route(0).await["weight"], json!(100.0), "a refused change is not applied");
+    // A manual rollback is always safe: in force here at once.
+    let (status, body) = call(fleet.at(0), Method::POST, "/v1/routes/web/rollback", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(get(fleet.at(0).addr(), "/", &[]).await.first_line(), "stable");
+    let disconnected = until(WAIT, || async { fleet.fleet_status(0).await["connected"] == json!(false) }).await;
+    assert!(disconnected);
+    assert_eq!(common::metric(&fleet.at(0).metrics(), "cutover_fleet_connected"), 0.0);
+
+    etcd.members[0].resume();
+    // Back online: the rollback reaches the other replica; nothing acknowledged is lost.
+    fleet.wait_all("halted everywhere", |r| r["halted"] == json!(true) && r["weight"] == json!(0.0)).await;
+    for i in 0..2 {
+        fleet.wait_connected(i, 2).await;
+    }
+    let (status, body) = call(fleet.at(1), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 10}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    fleet.wait_all("weight 10", |r| r["weight"] == json!(10.0) && r["halted"] == json!(false)).await;
+    stop.cancel();
+    for l in loads {
+        let (ok, failed) = l.await.unwrap();
+        assert_eq!(failed, 0, "requests failed while etcd was stopped");
+        assert!(ok > 0);
+    }
+}
+
+fn rollout(steps: &[u32], interval: &str, max_error_rate: f64) -> Value {
+    json!({ "steps": steps, "interval": interval, "max_error_rate": max_error_rate, "min_requests": 20 })
+}
+
+/// Which replica drives the route's rollout, by `/v1/fleet`.
+async fn driver(fleet: &Fleet, i: usize) -> Option<String> {
+    fleet.fleet_status(i).await["drivers"]["web"].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_drives_a_rollout_and_another_finishes_it_when_the_driver_dies() {
+    let etcd = Etcd::start();
+    let mut fleet = Fleet::start(&etcd, 3, "1s").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let loads: Vec<_> = fleet.running().map(|p| tokio::spawn(load(p.addr(), stop.clone()))).collect();
+    let (status, body) =
+        call(fleet.at(0), Method::POST, "/v1/routes/web/rollout", Some(rollout(&[10, 50, 100], "2s", 0.01))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let has_driver = until(WAIT, || async { driver(&fleet, 1).await.is_some() }).await;
+    assert!(has_driver, "no driver: {}", fleet.fleet_status(1).await);
+    let first = driver(&fleet, 1).await.unwrap();
+    let index: usize = first.trim_start_matches("proxy-").parse().unwrap();
+    // Exactly one replica says it drives.
+    let driving: f64 =
+        fleet.running().map(|p| common::metric(&p.metrics(), "cutover_rollout_driver{route=\"web\"}")).sum();
+    assert_eq!(driving, 1.0);
+    // Kill the driver as a crash would (its lease is left to expire).
+    let step_before = fleet.route(index).await["rollout"]["step"].as_u64().unwrap_or(0);
+    let dead = fleet.replicas[index].take().unwrap();
+    dead.running.fleet.as_ref().unwrap().kill();
+    let killed_at = Instant::now();
+    let other = (index + 1) % 3;
+    let took_over = until(WAIT, || async { driver(&fleet, other).await.is_some_and(|d| d != first) }).await;
+    assert!(took_over, "no new driver: {}", fleet.fleet_status(other).await);
+    let failover = killed_at.elapsed();
+    eprintln!("driver failover: {failover:?} (lease 1s)");
+    // Within the lease plus a second (and the polling's 20 ms).
+    assert!(failover < Duration::from_millis(1000 + 1000 + 100), "failover took {failover:?}");
+    // The same step goes on: not a restart from the first.
+    let step_after = fleet.route(other).await["rollout"]["step"].as_u64().unwrap_or(u64::MAX);
+    assert!(step_after >= step_before, "step {step_before} before, {step_after} after the failover");
+    // The rollout goes on to the end.
+    let done = until(Duration::from_secs(30), || async {
+        fleet.route(other).await["last_outcome"].as_str().is_some_and(|o| o.starts_with("completed"))
+    })
+    .await;
+    assert!(done, "the rollout did not finish: {}", fleet.route(other).await);
+    fleet.wait_all("weight 100", |r| r["weight"] == json!(100.0) && r["rollout"].is_null()).await;
+    stop.cancel();
+    for l in loads {
+        let _ = l.await;
+    }
+    drop(dead);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_errors_seen_only_through_a_replica_that_does_not_drive_roll_the_rollout_back() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 2, "2s").await;
+    let (status, body) =
+        call(fleet.at(0), Method::POST, "/v1/routes/web/rollout", Some(rollout(&[50, 100], "3s", 0.05))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let has_driver = until(WAIT, || async { driver(&fleet, 0).await.is_some() }).await;
+    assert!(has_driver);
+    let name = driver(&fleet, 0).await.unwrap();
+    let other = if name == "proxy-0" { 1 } else { 0 };
+    // Canary errors only through the replica that does not drive; the
+    // driver sees a healthy canary.
+    for _ in 0..30 {
+        let _ = get(fleet.at(other).addr(), "/", &[("cookie", "cutover_beta=always"), ("x-fail", "1")]).await;
+        let ok = get(fleet.at(1 - other).addr(), "/", &[("cookie", "cutover_beta=always")]).await;
+        assert_eq!(ok.first_line(), "canary");
+    }
+    let rolled_back = until(Duration::from_secs(20), || async {
+        fleet.route(1 - other).await["last_outcome"].as_str().is_some_and(|o| o.contains("rolled back automatically"))
+    })
+    .await;
+    if !rolled_back {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.urls()[0], "get", "--prefix", &fleet.prefix])
+            .output()
+            .unwrap();
+        eprintln!("DEBUG {}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert!(rolled_back, "{}", fleet.route(1 - other).await);
+    fleet.wait_all("halted", |r| r["halted"] == json!(true) && r["weight"] == json!(0.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_joins_mid_rollout_follows_it() {
+    let etcd = Etcd::start();
+    let mut fleet = Fleet::start(&etcd, 2, "2s").await;
+    let (status, body) =
+        call(fleet.at(1), Method::POST, "/v1/routes/web/rollout", Some(rollout(&[10, 20], "1h", 0.01))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let i = fleet.add(&etcd, "proxy-late", "2s", None).await;
+    let follows = until(WAIT, || async {
+        let r = fleet.route(i).await;
+        r["weight"] == json!(10.0) && r["rollout"]["step"] == json!(1)
+    })
+    .await;
+    assert!(follows, "{}", fleet.route(i).await);
+    let (status, _) = call(fleet.at(0), Method::POST, "/v1/routes/web/rollout/pause", None).await;
+    assert_eq!(status, StatusCode::OK);
+    fleet.wait_all("paused", |r| r["rollout"]["paused"] == json!(true)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_member_etcd_cluster_with_one_member_killed_keeps_working() {
+    let mut etcd = Etcd::cluster(3);
+    let fleet = Fleet::start(&etcd, 2, "2s").await;
+    let (status, _) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 25}))).await;
+    assert_eq!(status, StatusCode::OK);
+    fleet.wait_all("weight 25", |r| r["weight"] == json!(25.0)).await;
+    etcd.members[0].kill();
+    // The replicas move to another member; changes still go through.
+    let changed = until(WAIT, || async {
+        call(fleet.at(1), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 60}))).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(changed, "no change accepted after one member died");
+    fleet.wait_all("weight 60", |r| r["weight"] == json!(60.0)).await;
+}
