@@ -43,8 +43,10 @@ struct Series {
 }
 
 impl Series {
-    fn new(totals: Totals) -> Series {
-        Series { last: totals, points: VecDeque::with_capacity(CAPACITY) }
+    /// A series starts from zero: a route new to the snapshot has fresh
+    /// counters (a removed route's series are deleted from the registry).
+    fn new() -> Series {
+        Series { last: Totals::default(), points: VecDeque::with_capacity(CAPACITY) }
     }
 
     fn push(&mut self, point: Point) {
@@ -76,30 +78,28 @@ impl History {
     }
 
     /// Records one sample taken at `now_ms` (Unix ms). Routes missing from
-    /// `samples` are forgotten (a reload removed them). A series' first
-    /// sample only sets its baseline.
+    /// `samples` are forgotten (a reload removed them).
     pub fn record(&mut self, now_ms: u64, samples: Vec<Sample>) {
         let time_ds = u32::try_from(now_ms.saturating_sub(self.started_ms) / 100).unwrap_or(u32::MAX);
         let mut kept = BTreeMap::new();
         for (name, totals) in samples {
             let mut series = self.routes.remove(&name).unwrap_or_default();
             for (slot, totals) in series.iter_mut().zip(totals) {
-                match (slot.as_mut(), totals) {
-                    (_, None) => *slot = None,
-                    (None, Some(t)) => *slot = Some(Series::new(t)),
-                    (Some(s), Some(t)) => {
-                        let d = t.since(&s.last);
-                        let p99_us = quantile(0.99, &d.buckets, d.requests)
-                            .map_or(u32::MAX, |p| u32::try_from(p.as_micros()).unwrap_or(u32::MAX - 1));
-                        s.push(Point {
-                            time_ds,
-                            requests: u32::try_from(d.requests).unwrap_or(u32::MAX),
-                            errors: u32::try_from(d.errors).unwrap_or(u32::MAX),
-                            p99_us,
-                        });
-                        s.last = t;
-                    }
-                }
+                let Some(t) = totals else {
+                    *slot = None;
+                    continue;
+                };
+                let s = slot.get_or_insert_with(Series::new);
+                let d = t.since(&s.last);
+                let p99_us = quantile(0.99, &d.buckets, d.requests)
+                    .map_or(u32::MAX, |p| u32::try_from(p.as_micros()).unwrap_or(u32::MAX - 1));
+                s.push(Point {
+                    time_ds,
+                    requests: u32::try_from(d.requests).unwrap_or(u32::MAX),
+                    errors: u32::try_from(d.errors).unwrap_or(u32::MAX),
+                    p99_us,
+                });
+                s.last = t;
             }
             kept.insert(name, series);
         }
@@ -107,19 +107,20 @@ impl History {
     }
 
     /// The JSON of `GET /v1/history`: points after `since_ms`, of one route
-    /// or all. None when `route` is unknown.
-    pub fn to_json(&self, route: Option<&str>, since_ms: u64) -> Option<Value> {
+    /// (no series when it has not been sampled yet) or all.
+    pub fn to_json(&self, route: Option<&str>, since_ms: u64) -> Value {
+        const NONE: &[Option<Series>; 2] = &[None, None];
         let routes: Vec<Value> = match route {
-            Some(name) => vec![self.route_json(name, self.routes.get(name)?, since_ms)],
+            Some(name) => vec![self.route_json(name, self.routes.get(name).unwrap_or(NONE), since_ms)],
             None => self.routes.iter().map(|(name, s)| self.route_json(name, s, since_ms)).collect(),
         };
-        Some(json!({
+        json!({
             "started_ms": self.started_ms,
             "interval_ms": INTERVAL.as_millis() as u64,
             "capacity": CAPACITY,
             "columns": ["time_ms", "seconds", "requests", "errors", "p99_ms"],
             "routes": routes,
-        }))
+        })
     }
 
     fn route_json(&self, name: &str, series: &[Option<Series>; 2], since_ms: u64) -> Value {
@@ -200,7 +201,7 @@ mod tests {
         h.record(1_002_000, vec![("web".into(), [Some(totals(10, 0, 10)), Some(totals(0, 0, 0))])]);
         h.record(1_004_000, vec![("web".into(), [Some(totals(30, 1, 30)), Some(totals(5, 5, 0))])]);
         h.record(1_006_500, vec![("web".into(), [Some(totals(30, 1, 30)), Some(totals(5, 5, 0))])]);
-        let v = h.to_json(None, 0).unwrap();
+        let v = h.to_json(None, 0);
         assert_eq!(v["started_ms"], 1_000_000);
         assert_eq!(v["interval_ms"], 2000);
         assert_eq!(v["capacity"], CAPACITY);
@@ -208,16 +209,20 @@ mod tests {
         assert_eq!(web["name"], "web");
         assert_eq!(
             web["versions"]["stable"],
-            json!([[1_004_000u64, 2.0, 20, 1, 0.99], [1_006_500u64, 2.5, 0, 0, null]])
+            json!([
+                [1_002_000u64, 2.0, 10, 0, 0.99],
+                [1_004_000u64, 2.0, 20, 1, 0.99],
+                [1_006_500u64, 2.5, 0, 0, null]
+            ])
         );
         // Every canary request between 1 ms and 1 s: the p99 interpolates in that bucket.
-        let canary = &web["versions"]["canary"][0];
+        let canary = &web["versions"]["canary"][1];
         assert_eq!((canary[2].as_u64(), canary[3].as_u64()), (Some(5), Some(5)));
         assert!((canary[4].as_f64().unwrap() - 990.01).abs() < 0.01, "{canary}");
         // Only points after `since`.
-        let later = h.to_json(Some("web"), 1_004_000).unwrap();
+        let later = h.to_json(Some("web"), 1_004_000);
         assert_eq!(later["routes"][0]["versions"]["stable"].as_array().unwrap().len(), 1);
-        assert_eq!(h.to_json(Some("nope"), 0), None);
+        assert_eq!(h.to_json(Some("new"), 0)["routes"], json!([{ "name": "new", "versions": {} }]));
     }
 
     #[test]
@@ -237,7 +242,7 @@ mod tests {
         assert_eq!(ring.front().unwrap().requests, 26 * 26 - 25 * 25);
         assert_eq!(ring.front().unwrap().time_ds, 26 * 20);
         assert_eq!(ring.back().unwrap().time_ds, (total * 20) as u32);
-        let v = h.to_json(None, 0).unwrap();
+        let v = h.to_json(None, 0);
         assert_eq!(v["routes"][0]["versions"]["stable"].as_array().unwrap().len(), CAPACITY);
         assert!(v["routes"][0]["versions"].get("canary").is_none(), "no canary pool, no series");
     }
@@ -247,8 +252,8 @@ mod tests {
         let mut h = History::new(0);
         h.record(2000, vec![("a".into(), [Some(totals(5, 0, 5)), None]), ("b".into(), [Some(totals(1, 0, 1)), None])]);
         h.record(4000, vec![("b".into(), [Some(totals(0, 0, 0)), None])]);
-        let v = h.to_json(None, 0).unwrap();
+        let v = h.to_json(None, 0);
         assert_eq!(v["routes"].as_array().unwrap().len(), 1);
-        assert_eq!(v["routes"][0]["versions"]["stable"][0][2], 0);
+        assert_eq!(v["routes"][0]["versions"]["stable"][1][2], 0, "counters reset: no underflow");
     }
 }

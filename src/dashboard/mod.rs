@@ -35,6 +35,9 @@ const STYLE: &str = include_str!("assets/style.css");
 /// Bytes the browser downloads for the page (HTML, script, style).
 pub const PAGE_BYTES: usize = PAGE.len() + SCRIPT.len() + STYLE.len();
 
+// The page's budget (DESIGN §8 targets), kept at compile time.
+const _: () = assert!(PAGE_BYTES < 150 * 1024, "the dashboard page must stay under 150 KB");
+
 /// Request bodies above this size are refused (the admin API's limit too).
 const MAX_BODY: usize = 64 * 1024;
 
