@@ -224,6 +224,10 @@ version stays put until the weight moves past their bucket.
      {ctl} promote web         # everyone on the canary
      {ctl} rollout web --steps 25,50,100 --interval 20s
      {ctl} events --follow
+5. Watch and steer it in the browser (the split, rollout steps, live charts,
+   the event stream; move the weight with the slider):
+     {ctl} dashboard
+   then open the http://127.0.0.1:3100/?token=... address it prints.
 
 Press Ctrl-C to stop.
 "#

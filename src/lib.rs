@@ -15,6 +15,7 @@ pub mod access_log;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod dashboard;
 pub mod demo;
 pub mod demo_fleet;
 pub mod fleet;

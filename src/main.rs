@@ -114,6 +114,12 @@ enum CtlCommand {
     Upgrade,
     /// Fleet mode: replicas, config hashes, connection to etcd, rollout drivers.
     Fleet,
+    /// Serve a web page that shows the release live and acts on it.
+    Dashboard {
+        /// Where the page listens; it prints its URL with an access token.
+        #[arg(long, default_value = "127.0.0.1:3100")]
+        listen: SocketAddr,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,6 +196,7 @@ fn run_ctl(args: CtlArgs) -> i32 {
         }
     };
     let command = match args.command {
+        CtlCommand::Dashboard { listen } => return cutover::dashboard::run(target, listen),
         CtlCommand::Status { route } => ctl::Command::Status { route },
         CtlCommand::Weight { route, percent } => ctl::Command::Weight { route, percent },
         CtlCommand::Promote { route } => ctl::Command::Promote { route },

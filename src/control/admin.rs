@@ -297,6 +297,8 @@ async fn handle(admin: &Admin, actor: Actor, needs_token: bool, req: Request<Inc
             (Some(_), None) => error(StatusCode::INTERNAL_SERVER_ERROR, "the control plane stopped"),
         },
         (&Method::POST, ["v1", "reload"]) => from_control(control.reload(actor).await),
+        (&Method::GET, ["v1", "history"]) => history(control, None, req.uri().query()).await,
+        (&Method::GET, ["v1", "routes", name, "history"]) => history(control, Some(name), req.uri().query()).await,
         (&Method::GET, ["v1", "events"]) => events(control, req.uri().query().unwrap_or("")).await,
         (&Method::POST, ["v1", "upgrade"]) => match &admin.upgrade {
             None => error(StatusCode::CONFLICT, "upgrades are only possible for `cutover run`"),
@@ -308,13 +310,45 @@ async fn handle(admin: &Admin, actor: Actor, needs_token: bool, req: Request<Inc
         (_, ["healthz"])
         | (_, ["v1", "routes"])
         | (_, ["v1", "routes", _])
-        | (_, ["v1", "routes", _, "weight" | "promote" | "rollback" | "rollout"])
+        | (_, ["v1", "routes", _, "weight" | "promote" | "rollback" | "rollout" | "history"])
         | (_, ["v1", "routes", _, "rollout", "pause" | "resume"])
-        | (_, ["v1", "reload" | "events" | "upgrade" | "fleet"]) => {
+        | (_, ["v1", "reload" | "events" | "upgrade" | "fleet" | "history"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
         }
         _ => error(StatusCode::NOT_FOUND, format!("no endpoint {path}")),
     }
+}
+
+/// `GET /v1/history?since=MS` and `GET /v1/routes/{name}/history?since=MS`:
+/// the short per-version series of [`super::history`], points after `since`
+/// (Unix ms).
+async fn history(control: &Handle, route: Option<&str>, query: Option<&str>) -> Response<Body> {
+    let mut since = 0u64;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("since", value) => match value.parse() {
+                Ok(v) => since = v,
+                Err(_) => return error(StatusCode::BAD_REQUEST, "since must be a Unix time in milliseconds"),
+            },
+            (other, _) => return error(StatusCode::BAD_REQUEST, format!("unknown parameter {other:?}")),
+        }
+    }
+    if let Some(name) = route {
+        // A route the sampler has not seen yet (just added) has no points.
+        let route = name.to_string();
+        if let Err(e) = control.ask(|reply| Command::Route { route, reply }).await {
+            return from_control::<()>(Err(e));
+        }
+    }
+    let Ok(history) = control.history().lock() else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the history is unavailable");
+    };
+    let value = history.to_json(route, since);
+    drop(history);
+    // Compact: pretty-printed, each number of each point would take a line.
+    let mut resp = Response::new(Full::new(Bytes::from(serde_json::to_vec(&value).unwrap_or_default())));
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// `GET /v1/events?since=N&wait=SECONDS`: events after `since`; with `wait`,

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod analysis;
 pub mod events;
 mod fleet_sync;
+pub mod history;
 pub mod reload;
 pub mod rollout;
 pub mod state;
@@ -102,6 +103,8 @@ pub enum Command {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::UnboundedSender<Command>,
+    /// Read directly by the admin API: the sampler, not the actor, writes it.
+    history: Arc<std::sync::Mutex<history::History>>,
 }
 
 impl Handle {
@@ -120,6 +123,10 @@ impl Handle {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Status { reply: tx });
         rx.await.ok()
+    }
+
+    pub fn history(&self) -> &Arc<std::sync::Mutex<history::History>> {
+        &self.history
     }
 
     pub async fn reload(&self, actor: Actor) -> Result<ReloadStatus, ControlError> {
@@ -263,7 +270,7 @@ pub fn prepare(start: Start) -> Result<Prepared, String> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (signal_tx, signal_rx) = mpsc::unbounded_channel();
     let metrics = start.metrics;
-    let handle = Handle { tx };
+    let handle = Handle { tx, history: Arc::new(std::sync::Mutex::new(history::History::new(history::unix_ms()))) };
     let mut control = Control {
         config: config.clone(),
         config_path: start.config_path,
@@ -333,6 +340,10 @@ impl Control {
         mut signals: mpsc::UnboundedReceiver<DataSignal>,
     ) {
         self.checkers.sync(&self.config, &self.backends);
+        let _sampler = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(history::run(
+            self.shared.clone(),
+            self.handle.history.clone(),
+        )));
         loop {
             let deadline = self.next_deadline();
             let sleep = async {
