@@ -108,6 +108,17 @@ pub struct Metrics {
 pub struct Log {
     pub access: Option<Text>,
     pub access_path: Option<Text>,
+    pub buffer: Option<Spanned<Size>>,
+    pub flush: Option<Text>,
+    pub sample: Option<Spanned<Number>>,
+}
+
+/// A size in bytes: `65536`, or `"64k"`, `"64KiB"`, `"1m"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(i64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
