@@ -18,7 +18,6 @@ mod writer;
 
 use std::cell::RefCell;
 use std::io::Write;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
@@ -38,7 +37,8 @@ const QUEUE: usize = 16;
 /// One request, as logged; `time` is when it is logged (the response's end).
 #[derive(Debug, Clone)]
 pub struct Record<'a> {
-    pub client: IpAddr,
+    /// The client's address as text (the connection formats it once).
+    pub client: &'a str,
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,

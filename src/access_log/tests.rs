@@ -6,7 +6,7 @@ use super::*;
 
 fn record(path: &str) -> Record<'_> {
     Record {
-        client: "192.0.2.1".parse().unwrap(),
+        client: "192.0.2.1",
         method: "GET",
         path,
         status: 200,
@@ -180,7 +180,7 @@ fn the_sampler_keeps_the_configured_share() {
 #[test]
 fn record_serializes_every_field() {
     let record = Record {
-        client: "192.0.2.1".parse().unwrap(),
+        client: "192.0.2.1",
         method: "GET",
         path: "/a\"b",
         status: 200,

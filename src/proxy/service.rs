@@ -192,7 +192,7 @@ impl<'a> Context<'a> {
         self.metrics.response(status.as_u16(), elapsed.as_secs_f64());
         if let (Some(log), Some(path)) = (&self.worker.shared.access_log, &self.path) {
             log.log(&Record {
-                client: self.conn.client_ip,
+                client: self.conn.client_ip_header.to_str().unwrap_or_default(),
                 method: self.method.as_str(),
                 path: path.path(),
                 status: status.as_u16(),
@@ -247,7 +247,7 @@ fn log_unrouted(
 ) {
     if let Some(log) = &worker.shared.access_log {
         log.log(&Record {
-            client: conn.client_ip,
+            client: conn.client_ip_header.to_str().unwrap_or_default(),
             method: req.method().as_str(),
             path: req.uri().path(),
             status: status.as_u16(),
@@ -718,7 +718,7 @@ impl Finish {
         self.metrics.response(self.status, elapsed.as_secs_f64());
         if let (Some(log), Some(pending)) = (&self.worker.shared.access_log, &self.log) {
             log.log(&Record {
-                client: self.conn.client_ip,
+                client: self.conn.client_ip_header.to_str().unwrap_or_default(),
                 method: pending.method.as_str(),
                 path: pending.path.path(),
                 status: self.status,

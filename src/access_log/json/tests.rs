@@ -7,7 +7,7 @@ use crate::access_log::Record;
 
 fn record<'a>(method: &'a str, path: &'a str) -> Record<'a> {
     Record {
-        client: "192.0.2.1".parse().unwrap(),
+        client: "192.0.2.1",
         method,
         path,
         status: 200,
@@ -65,13 +65,6 @@ fn times_are_rfc3339_utc_with_milliseconds_across_seconds() {
         write_time(&mut out, base + Duration::from_millis(offset));
         assert_eq!(String::from_utf8(out).unwrap(), want);
     }
-}
-
-#[test]
-fn ipv6_clients_are_written_in_their_canonical_form() {
-    let mut out = Vec::new();
-    write_ip(&mut out, "2001:db8::1".parse().unwrap());
-    assert_eq!(out, b"2001:db8::1");
 }
 
 proptest! {
