@@ -396,6 +396,14 @@ impl Totals {
 }
 
 impl VersionMetrics {
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
     /// An upstream failure the status code does not show: an attempt that
     /// a retry hid from the client, or a body the backend cut after its head.
     pub fn hidden_failure(&self) {

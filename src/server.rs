@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, Batching};
 use crate::config::{AccessLog as AccessMode, AdminListen, Config};
 use crate::control::{self, Actor, Handle, admin};
 use crate::metrics::Metrics;
@@ -134,8 +134,12 @@ pub fn start(source: Source, mut inherited: Inherited, upgrade: Option<UpgradeHo
     let access_log = match config.log.access {
         AccessMode::Off => None,
         AccessMode::Json => Some(
-            AccessLog::start(config.log.access_path.as_deref(), metrics.access_log_dropped.clone())
-                .map_err(|e| StartError::Other(format!("cannot open the access log: {e}")))?,
+            AccessLog::start(
+                config.log.access_path.as_deref(),
+                Batching { buffer: config.log.buffer, flush: config.log.flush, sample: config.log.sample },
+                metrics.access_log_dropped.clone(),
+            )
+            .map_err(|e| StartError::Other(format!("cannot open the access log: {e}")))?,
         ),
     };
     let workers_count = match config.server.workers {
@@ -370,6 +374,10 @@ impl Running {
             workers.drain(drain);
         }
         self.stop_control();
+        // The lines of the last requests still wait in the workers' buffers.
+        if let Some(log) = &self.shared.access_log {
+            log.flush(Duration::from_secs(2));
+        }
         if let Some(p) = self.admin_socket.take()
             && !self.handed_over
         {

@@ -168,3 +168,66 @@ impl<'de> Deserialize<'de> for Percent {
         deserializer.deserialize_any(Expect)
     }
 }
+
+/// A fraction as written: `1`, `0.01`.
+#[derive(Debug, Clone, Copy)]
+pub struct Fraction(pub f64);
+
+impl<'de> Deserialize<'de> for Fraction {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Expect;
+        impl Visitor<'_> for Expect {
+            type Value = Fraction;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a fraction above 0 and at most 1, such as 0.01")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Fraction, E> {
+                Ok(Fraction(v as f64))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Fraction, E> {
+                Ok(Fraction(v as f64))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Fraction, E> {
+                Ok(Fraction(v))
+            }
+        }
+        deserializer.deserialize_any(Expect)
+    }
+}
+
+/// A size in bytes as written: `65536`, or a string such as `"64k"` or `"1MiB"`.
+#[derive(Debug, Clone)]
+pub enum Size {
+    Bytes(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Expect;
+        impl Visitor<'_> for Expect {
+            type Value = Size;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as 65536, \"64k\" or \"1m\"")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                Ok(Size::Bytes(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size::Bytes(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                Ok(Size::Text(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Expect)
+    }
+}

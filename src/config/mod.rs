@@ -236,6 +236,12 @@ pub struct Log {
     pub access: AccessLog,
     /// None: standard output.
     pub access_path: Option<PathBuf>,
+    /// Bytes a worker buffers before the writer takes them (nginx's `buffer=`).
+    pub buffer: usize,
+    /// The longest a line waits in a buffer (nginx's `flush=`).
+    pub flush: Duration,
+    /// The share of successful requests logged; errors always are.
+    pub sample: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -448,6 +454,28 @@ mod tests {
         assert_eq!(elsewhere.fingerprint(), expected, "where the file lives is not what it says");
         let heavier = parse(&TEXT.replace("weight = 5", "weight = 6"), "/srv/cutover.toml", Path::new("/")).unwrap();
         assert_ne!(heavier.fingerprint(), expected);
+    }
+
+    #[test]
+    fn log_batching_and_sampling_keys() {
+        let config = parse(TEXT, "c.toml", Path::new("/")).unwrap();
+        assert_eq!((config.log.buffer, config.log.flush, config.log.sample), (65536, Duration::from_secs(1), 1.0));
+        let with = |keys: &str| parse(&format!("[log]\n{keys}\n{TEXT}"), "c.toml", Path::new("/"));
+        let log = with("buffer = \"256k\"\nflush = \"250ms\"\nsample = 0.01").unwrap().log;
+        assert_eq!((log.buffer, log.flush, log.sample), (256 * 1024, Duration::from_millis(250), 0.01));
+        assert_eq!(with("buffer = 8192").unwrap().log.buffer, 8192);
+        assert_eq!(with("buffer = \"1MiB\"").unwrap().log.buffer, 1 << 20);
+        for (keys, key) in [
+            ("buffer = \"1k\"", "log.buffer"),
+            ("buffer = \"64q\"", "log.buffer"),
+            ("buffer = -1", "log.buffer"),
+            ("flush = \"0s\"", "log.flush"),
+            ("sample = 0", "log.sample"),
+            ("sample = 1.5", "log.sample"),
+        ] {
+            let e = with(keys).expect_err(keys);
+            assert_eq!((e.key.as_str(), e.line), (key, Some(2)), "{keys}: {e}");
+        }
     }
 }
 

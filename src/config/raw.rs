@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use super::kinds::Percent;
+pub use super::kinds::{Fraction, Percent, Size};
 use super::kinds::{
     AccessLog, Address, AdminListen, Backend, Balance, CookieName, Duration, FilePath, HeaderName, Host, List, NewKey,
     Str, UrlPath,
@@ -120,6 +120,9 @@ pub struct Metrics {
 pub struct Log {
     pub access: Option<Of<AccessLog>>,
     pub access_path: Option<Of<FilePath>>,
+    pub buffer: Option<Spanned<Size>>,
+    pub flush: Option<Of<Duration>>,
+    pub sample: Option<Spanned<Fraction>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -339,7 +339,37 @@ impl Cx<'_> {
                 return Err(self.error(span, "log.access", format!("expected \"json\" or \"off\", got {other:?}")));
             }
         };
-        Ok(Log { access, access_path: raw.access_path.as_ref().map(|p| self.path(p)) })
+        let buffer = match &raw.buffer {
+            None => 64 * 1024,
+            Some(size) => parse_size(size.get_ref()).filter(|n| (4096..=16 << 20).contains(n)).ok_or_else(|| {
+                self.error(
+                    size.span(),
+                    "log.buffer",
+                    match size.get_ref() {
+                        raw::Size::Bytes(n) => format!("expected a size from \"4k\" to \"16m\", such as \"64k\", got {n}"),
+                        raw::Size::Text(t) => format!("expected a size from \"4k\" to \"16m\", such as \"64k\", got {t:?}"),
+                    },
+                )
+            })?,
+        };
+        let sample = match &raw.sample {
+            None => 1.0,
+            Some(s) if s.get_ref().0 > 0.0 && s.get_ref().0 <= 1.0 => s.get_ref().0,
+            Some(s) => {
+                return Err(self.error(
+                    s.span(),
+                    "log.sample",
+                    "expected a fraction above 0 and at most 1, such as 0.01",
+                ));
+            }
+        };
+        Ok(Log {
+            access,
+            access_path: raw.access_path.as_ref().map(|p| self.path(p)),
+            buffer,
+            flush: self.duration(&raw.flush, "log.flush", "1s")?,
+            sample,
+        })
     }
 
     fn state(&self, raw: &raw::State) -> State {
@@ -706,4 +736,21 @@ fn is_authority(s: &str) -> bool {
         Some((host, port)) => port.parse::<u16>().is_ok_and(|p| p != 0) && is_hostname(host),
         None => false,
     }
+}
+
+/// Bytes in `65536`, `"64k"`, `"64KiB"`, `"1m"` or `"1MiB"`.
+fn parse_size(size: &raw::Size) -> Option<usize> {
+    let text = match size {
+        raw::Size::Bytes(n) => return usize::try_from(*n).ok(),
+        raw::Size::Text(t) => t.trim(),
+    };
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let unit = match unit.trim() {
+        "" => 1,
+        "k" | "K" | "KiB" | "kB" => 1024,
+        "m" | "M" | "MiB" | "MB" => 1024 * 1024,
+        _ => return None,
+    };
+    number.parse::<usize>().ok()?.checked_mul(unit)
 }

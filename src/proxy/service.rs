@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
 use http_body::Body as _;
 
@@ -154,8 +155,8 @@ struct Context<'a> {
     version: Option<Version>,
     reason: Option<Reason>,
     method: Method,
-    /// Only kept when the access log is on.
-    path: Option<String>,
+    /// Only kept when the access log is on (a reference count, no copy).
+    path: Option<PathAndQuery>,
     new_key: Option<routing::MintedKey>,
     /// The backend of the last attempt, for the access log of a proxy error.
     backend: Option<Arc<str>>,
@@ -181,37 +182,35 @@ impl<'a> Context<'a> {
             version: None,
             reason: None,
             method: req.method().clone(),
-            path: worker.shared.access_log.as_ref().map(|_| req.uri().path().to_string()),
+            path: worker
+                .shared
+                .access_log
+                .as_ref()
+                .map(|_| req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))),
             new_key,
             backend: None,
         }
     }
 
-    fn record(&self, status: u16, backend: Option<Arc<str>>, bytes_in: u64, bytes_out: u64) -> Option<Record> {
-        self.path.as_ref().map(|path| Record {
-            time: SystemTime::now(),
-            client: self.conn.client_ip,
-            method: self.method.clone(),
-            path: path.clone(),
-            status,
-            route: self.route.map(|r| self.snap.rules.routes[r].name.clone()),
-            version: self.version,
-            reason: self.reason,
-            backend,
-            duration: self.start.elapsed(),
-            bytes_in,
-            bytes_out,
-        })
-    }
-
     /// A response written by the proxy after a routing decision.
     fn error(&self, status: StatusCode, text: &'static str) -> Response<ResponseBody> {
-        self.metrics.response(status.as_u16(), self.start.elapsed().as_secs_f64());
-        let bytes_out = text.len() as u64;
-        if let (Some(log), Some(record)) =
-            (&self.worker.shared.access_log, self.record(status.as_u16(), self.backend.clone(), 0, bytes_out))
-        {
-            log.log(record);
+        let elapsed = self.start.elapsed();
+        self.metrics.response(status.as_u16(), elapsed.as_secs_f64());
+        if let (Some(log), Some(path)) = (&self.worker.shared.access_log, &self.path) {
+            log.log(&Record {
+                client: self.conn.client_ip_header.to_str().unwrap_or_default(),
+                method: self.method.as_str(),
+                path: path.path(),
+                status: status.as_u16(),
+                route: self.route.map(|r| &*self.snap.rules.routes[r].name),
+                version: self.version,
+                reason: self.reason,
+                backend: self.backend.as_deref(),
+                duration: elapsed,
+                bytes_in: 0,
+                bytes_out: text.len() as u64,
+                failed: false,
+            });
         }
         self.conn.activity.request_ended();
         let mut resp = text_response(status, text);
@@ -253,11 +252,10 @@ fn log_unrouted(
     bytes_out: u64,
 ) {
     if let Some(log) = &worker.shared.access_log {
-        log.log(Record {
-            time: SystemTime::now(),
-            client: conn.client_ip,
-            method: req.method().clone(),
-            path: req.uri().path().to_string(),
+        log.log(&Record {
+            client: conn.client_ip_header.to_str().unwrap_or_default(),
+            method: req.method().as_str(),
+            path: req.uri().path(),
             status: status.as_u16(),
             route: None,
             version: None,
@@ -266,6 +264,7 @@ fn log_unrouted(
             duration: start.elapsed(),
             bytes_in: 0,
             bytes_out,
+            failed: false,
         });
     }
 }
@@ -663,7 +662,6 @@ fn respond(
     }
     let status = parts.status;
     let worker = ctx.worker.clone();
-    let backend = inflight.0.authority.clone();
     let finish = Finish {
         worker: worker.clone(),
         conn: ctx.conn.clone(),
@@ -671,7 +669,8 @@ fn respond(
         metrics: ctx.metrics.clone(),
         status: status.as_u16(),
         start: ctx.start,
-        log: ctx.record(status.as_u16(), Some(backend), 0, 0).map(Box::new),
+        log: ctx.path.clone().map(|path| Box::new(Pending { method: ctx.method.clone(), path, reason: ctx.reason })),
+        failed: Cell::new(false),
         bytes_in,
     };
     let body = if let Some((client, upstream)) = tunnel {
@@ -702,8 +701,18 @@ pub struct Finish {
     metrics: Arc<VersionMetrics>,
     status: u16,
     start: Instant,
-    log: Option<Box<Record>>,
+    log: Option<Box<Pending>>,
+    /// The backend failed within the body (the access log keeps such lines when sampling).
+    failed: Cell<bool>,
     bytes_in: Rc<Cell<u64>>,
+}
+
+/// What the access log needs of the request until its response ends; the
+/// route, version and backend are the metrics' and the in-flight count's.
+struct Pending {
+    method: Method,
+    path: PathAndQuery,
+    reason: Option<Reason>,
 }
 
 impl Finish {
@@ -712,23 +721,34 @@ impl Finish {
     /// The backend failed within the body, after the head (and its status)
     /// went to the client.
     pub fn body_failed(&self, kind: UpstreamErrorKind) {
+        self.failed.set(true);
         self.metrics.upstream_error(kind);
         if self.status < 500 {
             self.metrics.hidden_failure();
         }
     }
 
-    pub fn done(mut self, complete: bool, bytes_out: u64, backend: Option<Box<Connection>>) {
+    pub fn done(self, complete: bool, bytes_out: u64, backend: Option<Box<Connection>>) {
         if complete && let Some(c) = backend {
             self.worker.connections.put(self.inflight.0.id, c);
         }
         let elapsed = self.start.elapsed();
         self.metrics.response(self.status, elapsed.as_secs_f64());
-        if let (Some(log), Some(mut record)) = (&self.worker.shared.access_log, self.log.take()) {
-            record.duration = elapsed;
-            record.bytes_in = self.bytes_in.get();
-            record.bytes_out = bytes_out;
-            log.log(*record);
+        if let (Some(log), Some(pending)) = (&self.worker.shared.access_log, &self.log) {
+            log.log(&Record {
+                client: self.conn.client_ip_header.to_str().unwrap_or_default(),
+                method: pending.method.as_str(),
+                path: pending.path.path(),
+                status: self.status,
+                route: Some(self.metrics.route()),
+                version: Some(self.metrics.version()),
+                reason: pending.reason,
+                backend: Some(&self.inflight.0.authority),
+                duration: elapsed,
+                bytes_in: self.bytes_in.get(),
+                bytes_out,
+                failed: self.failed.get(),
+            });
         }
         self.conn.activity.request_ended();
     }
