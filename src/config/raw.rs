@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use super::kinds::{Fraction, Percent, Size};
 use super::kinds::{
     AccessLog, Address, AdminListen, Backend, Balance, CookieName, Duration, FilePath, HeaderName, Host, List, NewKey,
     Str, UrlPath,
 };
+pub use super::kinds::{Fraction, Percent, Size};
 
 pub type Text = Spanned<String>;
 /// A string of one kind (see [`super::kinds`]).

@@ -346,8 +346,12 @@ impl Cx<'_> {
                     size.span(),
                     "log.buffer",
                     match size.get_ref() {
-                        raw::Size::Bytes(n) => format!("expected a size from \"4k\" to \"16m\", such as \"64k\", got {n}"),
-                        raw::Size::Text(t) => format!("expected a size from \"4k\" to \"16m\", such as \"64k\", got {t:?}"),
+                        raw::Size::Bytes(n) => {
+                            format!("expected a size from \"4k\" to \"16m\", such as \"64k\", got {n}")
+                        }
+                        raw::Size::Text(t) => {
+                            format!("expected a size from \"4k\" to \"16m\", such as \"64k\", got {t:?}")
+                        }
                     },
                 )
             })?,
