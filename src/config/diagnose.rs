@@ -327,6 +327,11 @@ backends = ["10.0.2.10:8080"]
                 "[beta]\ncookie = 1\n[server]",
                 "cutover.toml:2: beta.cookie: expected a cookie name, found the number 1",
             ),
+            (
+                "backends = [\"10.0.1.10:8080\"]",
+                "backends = [\"10.0.1.10:8080\"]\neject = { timeouts = \"yes\" }",
+                "cutover.toml:12: pools.v1.eject.timeouts: expected true or false, found the string \"yes\"",
+            ),
         ]);
     }
 

@@ -317,7 +317,7 @@ pub struct HealthCheck {
 /// Passive failure detection: `after` consecutive failed attempts (connection
 /// failures, and response timeouts when `timeouts` is on) eject a backend for
 /// `base`, doubling on each ejection in a row up to `max`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Eject {
     pub after: u32,
     pub base: Duration,
@@ -325,6 +325,19 @@ pub struct Eject {
     /// A response timeout counts as a failure, so a hung backend leaves the
     /// rotation without active checks.
     pub timeouts: bool,
+}
+
+/// `timeouts` shows only when off, so a config that leaves it at its default
+/// keeps the [`Config::fingerprint`] it had before the key existed.
+impl fmt::Debug for Eject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("Eject");
+        s.field("after", &self.after).field("base", &self.base).field("max", &self.max);
+        if !self.timeouts {
+            s.field("timeouts", &self.timeouts);
+        }
+        s.finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -476,6 +489,18 @@ mod tests {
             let e = with(keys).expect_err(keys);
             assert_eq!((e.key.as_str(), e.line), (key, Some(2)), "{keys}: {e}");
         }
+    }
+
+    #[test]
+    fn a_key_left_at_its_default_keeps_the_fingerprint_it_had_before_the_key_existed() {
+        let with = |eject: &str| {
+            let text =
+                TEXT.replacen("backends = [\"127.0.0.1:1\"]", &format!("backends = [\"127.0.0.1:1\"]\n{eject}"), 1);
+            parse(&text, "cutover.toml", Path::new("/")).unwrap().fingerprint()
+        };
+        let before = with("");
+        assert_eq!(with("eject = { timeouts = true }"), before);
+        assert_ne!(with("eject = { timeouts = false }"), before);
     }
 }
 

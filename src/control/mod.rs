@@ -729,7 +729,7 @@ impl Control {
                 );
                 let _ = self.change(route, &Actor::Rollout, "rollout_extend", Some(detail), |l| {
                     if let Some(r) = l.rollout.as_mut() {
-                        r.state.extensions += 1;
+                        r.state.extensions = r.state.extensions.saturating_add(1);
                         r.deadline = Some(Instant::now() + interval);
                         r.remaining = interval;
                     }

@@ -6,6 +6,11 @@
 //! from the one recorded with the decision takes the config's value (the
 //! config change is the newer decision); otherwise the recorded live weight
 //! stays.
+//!
+//! Everything restored is checked first (weights in range, a rollout's plan
+//! valid and its step within it): a file that parses but holds an impossible
+//! state is kept aside like a corrupt one, under a name no other kept-aside
+//! file has, and cutover starts from the config weights.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -39,6 +44,48 @@ pub struct RouteState {
 
 pub const FORMAT_VERSION: u32 = 1;
 
+/// A route's last outcome longer than this is not one cutover wrote.
+const MAX_OUTCOME: usize = 4096;
+
+impl StateFile {
+    /// Checks everything a restore relies on; the error names the route and
+    /// what is impossible.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.version != FORMAT_VERSION {
+            return Err(format!("unknown format version {}", self.version));
+        }
+        for (name, route) in &self.routes {
+            route.validate().map_err(|e| format!("route {name:?}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl RouteState {
+    fn validate(&self) -> Result<(), String> {
+        if self.weight_bp > 10_000 || self.config_weight_bp > 10_000 {
+            return Err(format!(
+                "weight out of range (weight_bp {}, config_weight_bp {}; at most 10000)",
+                self.weight_bp, self.config_weight_bp
+            ));
+        }
+        if self.last_outcome.as_ref().is_some_and(|o| o.len() > MAX_OUTCOME) {
+            return Err(format!("last_outcome is longer than {MAX_OUTCOME} bytes"));
+        }
+        let Some(rollout) = &self.rollout else { return Ok(()) };
+        rollout.plan.validate().map_err(|e| format!("rollout plan: {e}"))?;
+        let steps = rollout.plan.steps_bp.len();
+        if rollout.step >= steps {
+            return Err(format!(
+                "rollout step {} is past its plan of {steps} step{}",
+                rollout.step.saturating_add(1),
+                if steps == 1 { "" } else { "s" }
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot read the state file {path}: {source}")]
@@ -47,37 +94,63 @@ pub enum StateError {
         "the state file {path} is corrupt ({detail}); it was moved to {aside} and cutover starts from the config weights"
     )]
     Corrupt { path: PathBuf, detail: String, aside: PathBuf },
+    #[error(
+        "the state file {path} holds an impossible state ({detail}); it was moved to {aside} and cutover starts from \
+         the config weights"
+    )]
+    Invalid { path: PathBuf, detail: String, aside: PathBuf },
     #[error("cannot write the state file {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
 }
 
-/// Loads the state file. A missing file is an empty state. A corrupt one is
-/// moved aside (never overwritten) and reported; the caller starts from the
-/// config weights.
+/// Loads the state file. A missing file is an empty state. A corrupt one, or
+/// one that holds an impossible state, is moved aside (never overwriting
+/// another) and reported; the caller starts from the config weights.
 pub fn load(path: &Path) -> Result<StateFile, StateError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StateFile::default()),
         Err(source) => return Err(StateError::Read { path: path.to_path_buf(), source }),
     };
-    let parsed: Result<StateFile, String> = serde_json::from_slice(&bytes)
-        .map_err(|e| e.to_string())
-        .and_then(|s: StateFile| {
-            if s.version == FORMAT_VERSION { Ok(s) } else { Err(format!("unknown format version {}", s.version)) }
-        })
-        .and_then(|s| match s.routes.iter().find(|(_, r)| r.weight_bp > 10_000 || r.config_weight_bp > 10_000) {
-            Some((name, _)) => Err(format!("route {name}: weight out of range")),
-            None => Ok(s),
-        });
-    match parsed {
-        Ok(state) => Ok(state),
-        Err(detail) => {
-            let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let aside = path.with_extension(format!("corrupt-{stamp}"));
-            std::fs::rename(path, &aside).map_err(|source| StateError::Read { path: path.to_path_buf(), source })?;
-            Err(StateError::Corrupt { path: path.to_path_buf(), detail, aside })
+    let stamp = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let read = |source| StateError::Read { path: path.to_path_buf(), source };
+    match serde_json::from_slice::<StateFile>(&bytes) {
+        Err(e) => {
+            let aside = keep_aside(path, stamp()).map_err(read)?;
+            Err(StateError::Corrupt { path: path.to_path_buf(), detail: e.to_string(), aside })
+        }
+        Ok(state) => match state.validate() {
+            Ok(()) => Ok(state),
+            Err(detail) => {
+                let aside = keep_aside(path, stamp()).map_err(read)?;
+                Err(StateError::Invalid { path: path.to_path_buf(), detail, aside })
+            }
+        },
+    }
+}
+
+/// Moves the file at `path` to `<stem>.corrupt-<stamp>` (then `-2`, `-3`...
+/// when that name is taken): a hard link never replaces an existing file, so
+/// two bad files in the same second are both kept.
+fn keep_aside(path: &Path, stamp: u64) -> std::io::Result<PathBuf> {
+    for n in 1..=1000u32 {
+        let suffix = if n == 1 { String::new() } else { format!("-{n}") };
+        let aside = path.with_extension(format!("corrupt-{stamp}{suffix}"));
+        match std::fs::hard_link(path, &aside) {
+            Ok(()) => {
+                std::fs::remove_file(path)?;
+                return Ok(aside);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            // A filesystem without hard links: rename, onto a free name only.
+            Err(_) if std::fs::symlink_metadata(&aside).is_ok() => continue,
+            Err(_) => {
+                std::fs::rename(path, &aside)?;
+                return Ok(aside);
+            }
         }
     }
+    Err(std::io::Error::other(format!("1000 kept-aside copies of {} already exist", path.display())))
 }
 
 /// Writes the state file atomically.
@@ -128,6 +201,84 @@ mod tests {
     fn missing_file_is_empty_state() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(&dir.path().join("none.json")).unwrap(), StateFile::default());
+    }
+
+    fn rollout(steps_bp: Vec<u16>, step: usize) -> RolloutState {
+        RolloutState {
+            plan: super::super::rollout::Plan {
+                steps_bp,
+                interval: std::time::Duration::from_secs(600),
+                max_error_rate: 0.01,
+                max_p99: None,
+                min_requests: 100,
+            },
+            step,
+            paused: false,
+            extensions: 0,
+        }
+    }
+
+    #[test]
+    fn a_restored_state_is_checked_in_full() {
+        let mut ok = sample();
+        ok.routes.get_mut("web").unwrap().rollout = Some(rollout(vec![500, 2500], 1));
+        assert_eq!(ok.validate(), Ok(()));
+        type Spoil = fn(&mut RouteState);
+        let cases: [(Spoil, &str); 5] = [
+            (
+                |r| r.rollout = Some(rollout(vec![500, 2500], 2)),
+                "route \"web\": rollout step 3 is past its plan of 2 steps",
+            ),
+            (
+                |r| r.rollout = Some(rollout(vec![], 0)),
+                "route \"web\": rollout plan: steps must list at least one weight",
+            ),
+            (|r| r.rollout = Some(rollout(vec![2500, 500], 0)), "route \"web\": rollout plan: steps must increase"),
+            (
+                |r| r.weight_bp = 10_001,
+                "route \"web\": weight out of range (weight_bp 10001, config_weight_bp 500; at most 10000)",
+            ),
+            (|r| r.last_outcome = Some("x".repeat(5000)), "route \"web\": last_outcome is longer than 4096 bytes"),
+        ];
+        for (spoil, expected) in cases {
+            let mut state = sample();
+            spoil(state.routes.get_mut("web").unwrap());
+            assert_eq!(state.validate().unwrap_err(), expected);
+        }
+        let mut later = sample();
+        later.version = 2;
+        assert_eq!(later.validate().unwrap_err(), "unknown format version 2");
+    }
+
+    #[test]
+    fn an_impossible_state_is_kept_aside_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut state = sample();
+        state.routes.get_mut("web").unwrap().rollout = Some(rollout(vec![500, 2500], 7));
+        let text = serde_json::to_vec(&state).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        let err = load(&path).unwrap_err();
+        let StateError::Invalid { aside, detail, .. } = &err else { panic!("expected Invalid, got {err}") };
+        assert_eq!(detail, "route \"web\": rollout step 8 is past its plan of 2 steps");
+        assert_eq!(std::fs::read(aside).unwrap(), text);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn two_bad_files_in_the_same_second_are_both_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut kept = Vec::new();
+        for content in ["first", "second", "third"] {
+            std::fs::write(&path, content).unwrap();
+            kept.push(keep_aside(&path, 1_700_000_000).unwrap());
+        }
+        let names: Vec<String> = kept.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["state.corrupt-1700000000", "state.corrupt-1700000000-2", "state.corrupt-1700000000-3"]);
+        let contents: Vec<String> = kept.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+        assert_eq!(contents, ["first", "second", "third"]);
+        assert!(!path.exists());
     }
 
     #[test]
