@@ -75,7 +75,7 @@ pub fn h2_host(uri: &http::Uri, headers: &mut HeaderMap) -> Result<(), &'static 
         if authority.contains('@') {
             return Err("400 Bad Request: user info in :authority\n");
         }
-        if authority.is_empty() || !valid_host(authority.as_bytes()) {
+        if uri.host().is_none_or(str::is_empty) || !valid_host(authority.as_bytes()) {
             return Err("400 Bad Request: invalid :authority\n");
         }
     }
@@ -498,6 +498,7 @@ mod tests {
             ),
             ("https://u:p@shop.example.com/", &[], "user info in :authority"),
             ("/a", &[("host", "a b")], "invalid host field"),
+            ("https://:443/", &[], "invalid :authority"),
         ] {
             let uri: http::Uri = uri.parse().unwrap();
             let err = h2_host(&uri, &mut map(fields)).expect_err(why);

@@ -161,7 +161,7 @@ fn build(
     spans: &[Span],
 ) -> Result<Option<Head>, Rejection> {
     let method = Method::from_bytes(&head[method.0..method.0 + method.1]).map_err(|_| bad("invalid method"))?;
-    let uri =
+    let mut uri =
         Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1)).map_err(|_| bad("invalid request target"))?;
     let http10 = minor == 0;
     let mut headers = HeaderMap::with_capacity(spans.len() + 6);
@@ -263,6 +263,15 @@ fn build(
         }
         let host = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("invalid request target"))?;
         headers.insert(header::HOST, host);
+        // `http://host?q` has an empty path: its origin form is `/?q`
+        // (RFC 9112 §3.2.1), never a target starting with `?`.
+        let origin =
+            uri.path_and_query().map(|pq| pq.as_str()).filter(|pq| pq.starts_with('?')).map(|q| format!("/{q}"));
+        if let Some(origin) = origin {
+            let mut parts = uri.into_parts();
+            parts.path_and_query = Some(origin.parse().map_err(|_| bad("invalid request target"))?);
+            uri = Uri::from_parts(parts).map_err(|_| bad("invalid request target"))?;
+        }
     }
     // Only a WebSocket upgrade reaches the tunnel: any other (`h2c` above
     // all, RFC 9113 §3.1) is ignored, its fields removed as hop-by-hop.
@@ -451,6 +460,8 @@ mod tests {
             assert_eq!(rejected.unwrap_err(), bad("user info in the request target"), "{target}");
         }
         assert_eq!(status("GET shop.example.com:80 HTTP/1.1\r\nHost: x\r\n\r\n"), StatusCode::BAD_REQUEST);
+        let h = parsed("PATCH http://shop.example.com?a=1 HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.request.uri().path_and_query().unwrap(), "/?a=1", "an empty path is /");
         let h = parsed("GET https://[::1]:8443/a?b HTTP/1.1\r\nHost: other\r\n\r\n").unwrap().unwrap();
         assert_eq!(h.request.headers().get_all("host").iter().collect::<Vec<_>>(), ["[::1]:8443"]);
     }
