@@ -417,3 +417,46 @@ async fn a_three_member_etcd_cluster_with_one_member_killed_keeps_working() {
     assert!(changed, "no change accepted after one member died");
     fleet.wait_all("weight 60", |r| r["weight"] == json!(60.0)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_killed_under_load_then_restarted_the_fleet_converges_on_the_rollback() {
+    let mut etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 2, "2s").await;
+    let (status, _) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 100}))).await;
+    assert_eq!(status, StatusCode::OK);
+    fleet.wait_all("weight 100", |r| r["weight"] == json!(100.0)).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let loads: Vec<_> = fleet.running().map(|p| tokio::spawn(load(p.addr(), stop.clone()))).collect();
+
+    etcd.members[0].kill();
+    let (status, body) = call(fleet.at(0), Method::POST, "/v1/routes/web/promote", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().unwrap().starts_with("fleet store unreachable: "), "{body}");
+    let (status, body) = call(fleet.at(1), Method::POST, "/v1/routes/web/rollback", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(get(fleet.at(1).addr(), "/", &[]).await.first_line(), "stable");
+    // The other replica does not know yet: etcd is down.
+    assert_eq!(fleet.route(0).await["halted"], json!(false));
+
+    etcd.members[0].restart();
+    fleet.wait_all("halted everywhere", |r| r["halted"] == json!(true) && r["weight"] == json!(0.0)).await;
+    stop.cancel();
+    for l in loads {
+        let (ok, failed) = l.await.unwrap();
+        assert_eq!(failed, 0, "requests failed while etcd was down");
+        assert!(ok > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_configured_weight_reaches_the_fleet() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 2, "2s").await;
+    // Config management pushes a new configured weight to one replica first.
+    let p = fleet.at(0);
+    let text = std::fs::read_to_string(&p.config_path).unwrap().replace("weight = 0\n", "weight = 40\n");
+    std::fs::write(&p.config_path, text).unwrap();
+    let (status, body) = call(p, Method::POST, "/v1/reload", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    fleet.wait_all("weight 40", |r| r["weight"] == json!(40.0)).await;
+}
