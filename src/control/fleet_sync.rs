@@ -79,6 +79,16 @@ impl Control {
             tracing::warn!(route, weight_bp = s.weight_bp, "fleet: ignored a route state with a weight out of range");
             return false;
         };
+        // A record is input from a peer (or a hand with etcdctl): check the
+        // plan before anything indexes its steps.
+        if let Some(r) = &s.rollout
+            && let Err(e) = r.plan.validate().and_then(|()| {
+                if r.step < r.plan.steps_bp.len() { Ok(()) } else { Err(format!("step {} out of range", r.step)) }
+            })
+        {
+            tracing::warn!(route, "fleet: ignored a route state with an invalid rollout: {e}");
+            return false;
+        }
         let baseline = self.totals(&route);
         let rollout = s.rollout.clone().map(|state| {
             let remaining = std::time::Duration::from_millis(record.remaining_ms);
