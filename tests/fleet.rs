@@ -417,3 +417,80 @@ async fn a_three_member_etcd_cluster_with_one_member_killed_keeps_working() {
     assert!(changed, "no change accepted after one member died");
     fleet.wait_all("weight 60", |r| r["weight"] == json!(60.0)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_killed_under_load_then_restarted_the_fleet_converges_on_the_rollback() {
+    let mut etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 2, "2s").await;
+    let (status, _) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 100}))).await;
+    assert_eq!(status, StatusCode::OK);
+    fleet.wait_all("weight 100", |r| r["weight"] == json!(100.0)).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let loads: Vec<_> = fleet.running().map(|p| tokio::spawn(load(p.addr(), stop.clone()))).collect();
+
+    etcd.members[0].kill();
+    let (status, body) = call(fleet.at(0), Method::POST, "/v1/routes/web/promote", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().unwrap().starts_with("fleet store unreachable: "), "{body}");
+    let (status, body) = call(fleet.at(1), Method::POST, "/v1/routes/web/rollback", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(get(fleet.at(1).addr(), "/", &[]).await.first_line(), "stable");
+    // The other replica does not know yet: etcd is down.
+    assert_eq!(fleet.route(0).await["halted"], json!(false));
+
+    etcd.members[0].restart();
+    fleet.wait_all("halted everywhere", |r| r["halted"] == json!(true) && r["weight"] == json!(0.0)).await;
+    stop.cancel();
+    for l in loads {
+        let (ok, failed) = l.await.unwrap();
+        assert_eq!(failed, 0, "requests failed while etcd was down");
+        assert!(ok > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_configured_weight_reaches_the_fleet() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 2, "2s").await;
+    // Config management pushes a new configured weight to one replica first.
+    let p = fleet.at(0);
+    let text = std::fs::read_to_string(&p.config_path).unwrap().replace("weight = 0\n", "weight = 40\n");
+    std::fs::write(&p.config_path, text).unwrap();
+    let (status, body) = call(p, Method::POST, "/v1/reload", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    fleet.wait_all("weight 40", |r| r["weight"] == json!(40.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_records_in_etcd_are_ignored_not_a_crash() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 1, "2s").await;
+    let key = format!("{}/routes/web", fleet.prefix);
+    let client = cutover::fleet::etcd::Client::new(&etcd.urls(), Duration::from_secs(2), None).unwrap();
+    let put = |value: String| {
+        let (client, key) = (&client, &key);
+        async move { client.put(key, value.as_bytes(), 0).await.expect("etcd put") }
+    };
+    let record = |rollout: &str, top: &str| {
+        format!(
+            r#"{{"state":{{"weight_bp":2500,"halted":false,"config_weight_bp":0{rollout}}},"by":"x","actor":"unix","kind":"weight"{top}}}"#
+        )
+    };
+    let state = |rollout: &str| record(rollout, "");
+    put("not json".into()).await;
+    put(state("").replace("2500", "10001")).await;
+    put(state(r#","rollout":{"plan":{"steps_bp":[],"interval":1000,"max_error_rate":0.01,"min_requests":1},"step":0,"paused":false}"#)).await;
+    // A step beyond the plan, due now, with a window: this replica drives it.
+    let rollout = r#","rollout":{"plan":{"steps_bp":[100],"interval":1000,"max_error_rate":0.01,"min_requests":0},"step":7,"paused":false}"#;
+    put(record(rollout, r#","window":"w","step_ends_at_ms":1"#)).await;
+    let driving = until(WAIT, || async { driver(&fleet, 0).await.is_some() }).await;
+    assert!(driving, "{}", fleet.fleet_status(0).await);
+    for _ in 0..10 {
+        let (status, body) = call(fleet.at(0), Method::GET, "/v1/routes/web", None).await;
+        assert_eq!(status, StatusCode::OK, "the control plane survives: {body}");
+    }
+    // Still serving and steering; then a good record applies.
+    put(state("")).await;
+    fleet.wait_all("weight 25 from etcd", |r| r["weight"] == json!(25.0)).await;
+    assert_eq!(get(fleet.at(0).addr(), "/", &[]).await.status, StatusCode::OK);
+}

@@ -10,6 +10,41 @@ use crate::config::Weight;
 use crate::fleet::{Note, RouteChange};
 
 impl Control {
+    /// After a reload: a route whose configured weight changed took the
+    /// config's value here (the newer decision); in fleet mode that decision
+    /// goes to etcd too, so every replica has it. Replicas that reload the
+    /// same file race to write the same state: the losers' conflicts are moot.
+    pub(super) fn write_config_weights(&mut self, old: &crate::config::Config, actor: &super::Actor) {
+        if self.store.replica().is_none() {
+            return;
+        }
+        let changed: Vec<String> = self
+            .config
+            .routes
+            .iter()
+            .filter(|r| old.route(&r.name).is_some_and(|o| o.weight != r.weight))
+            .map(|r| r.name.clone())
+            .collect();
+        for route in changed {
+            let Some(live) = self.live.get(&route).cloned() else { continue };
+            let file = self.state_file();
+            let detail = format!("configured weight now {}", live.config_weight);
+            let change = super::store::Change {
+                route: &route,
+                live: &live,
+                actor,
+                kind: "config_weight",
+                detail: Some(&detail),
+            };
+            if let Err(e) = self.store.write(&change, &file) {
+                tracing::info!(
+                    route,
+                    "fleet: the reload's configured weight was not written ({e}); the fleet's state stands"
+                );
+            }
+        }
+    }
+
     pub(super) fn fleet_note(&mut self, note: Note) {
         match note {
             // The run loop plans deadlines again after every command.
@@ -44,6 +79,16 @@ impl Control {
             tracing::warn!(route, weight_bp = s.weight_bp, "fleet: ignored a route state with a weight out of range");
             return false;
         };
+        // A record is input from a peer (or a hand with etcdctl): check the
+        // plan before anything indexes its steps.
+        if let Some(r) = &s.rollout
+            && let Err(e) = r.plan.validate().and_then(|()| {
+                if r.step < r.plan.steps_bp.len() { Ok(()) } else { Err(format!("step {} out of range", r.step)) }
+            })
+        {
+            tracing::warn!(route, "fleet: ignored a route state with an invalid rollout: {e}");
+            return false;
+        }
         let baseline = self.totals(&route);
         let rollout = s.rollout.clone().map(|state| {
             let remaining = std::time::Duration::from_millis(record.remaining_ms);

@@ -907,6 +907,7 @@ impl Control {
         }
         self.checkers.sync(&self.config, &self.backends);
         self.restart_rollout_windows();
+        self.write_config_weights(&old, actor);
         if let Err(e) = self.persist() {
             tracing::error!(%actor, "reload applied but the state file could not be written: {e}");
         }

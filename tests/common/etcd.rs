@@ -29,6 +29,8 @@ pub struct Member {
     pub peer_port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// The `--initial-cluster` value, for a restart.
+    cluster: String,
 }
 
 impl Member {
@@ -36,7 +38,19 @@ impl Member {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// Starts the member again on its data dir (after [`Member::kill`]).
+    pub fn restart(&mut self) {
+        let cluster = self.cluster.clone();
+        self.spawn(&cluster, "existing");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.healthy() {
+            assert!(Instant::now() < deadline, "etcd member {} not healthy after a restart", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn spawn(&mut self, cluster: &str, state: &str) {
+        self.cluster = cluster.to_string();
         let log = std::fs::File::create(self.dir.join(format!("{}.log", self.name))).unwrap();
         let child = Command::new(etcd_binary())
             .args(["--name", &self.name])
@@ -118,6 +132,7 @@ impl Etcd {
                 peer_port: free_port(),
                 child: None,
                 dir: dir.path().to_path_buf(),
+                cluster: String::new(),
             })
             .collect();
         let cluster: Vec<String> =
