@@ -78,13 +78,18 @@ async fn the_page_in_a_real_browser() {
     let plan = json!({"steps": [10, 50, 100], "interval": "10m"});
     let (status, _) = proxy.admin_call(Method::POST, "/v1/routes/web/rollout", Some(plan)).await;
     assert_eq!(status, http::StatusCode::OK);
-    browser
+    let steps = browser
         .wait_for(
-            "the rollout",
+            "the rollout's steps",
             WAIT,
-            "return document.querySelector('[data-route=\"web\"] [data-step=\"current\"]')?.textContent ?? null",
+            "const r = document.querySelector('[data-route=\"web\"]');
+             if (r.querySelector('.badge').textContent !== 'rollout step 1/3') return null;
+             return [...r.querySelectorAll('.plan .steps li')].map((li) => li.textContent)",
         )
         .await;
+    let steps: Vec<&str> = steps.as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert!(steps[0].starts_with("10% judged in 9m") || steps[0].starts_with("10% judged in 10m"), "{steps:?}");
+    assert_eq!(steps[1..], ["50% pending", "100% pending"]);
     browser.run("document.querySelector('[data-route=\"web\"] .weight-input').value = '30'; return null").await;
     browser.click("[data-route=\"web\"] [data-action=\"set-weight\"]").await;
     assert_eq!(browser.alert_text().await, "Set the canary weight of web to 30%?");
