@@ -80,6 +80,7 @@
     if (h) addHistory(h);
     renderStatus(body.status);
     renderEvents();
+    renderFleet(body.fleet);
     if (!rendered) {
       rendered = true;
       // Page load to the first full render, for tests and the README.
@@ -337,6 +338,32 @@
       rest += `by ${e.actor}`;
       li.append(text('span', rest));
       list.append(li);
+    }
+  }
+
+  // Fleet mode: each replica (and any other list the API gives, such as the
+  // rollouts' drivers) as a line of its fields; a replica whose config hash
+  // differs from the others' is flagged.
+  function renderFleet(fleet) {
+    const box = document.getElementById('fleet');
+    box.hidden = !fleet;
+    if (!fleet) return;
+    const list = $(box, 'ul');
+    list.textContent = '';
+    const show = (v) => (v !== null && typeof v === 'object' ? JSON.stringify(v) : String(v));
+    const hashes = new Map();
+    for (const r of Array.isArray(fleet.replicas) ? fleet.replicas : []) {
+      hashes.set(r.config_hash, (hashes.get(r.config_hash) || 0) + 1);
+    }
+    const common = [...hashes].sort((a, b) => b[1] - a[1])[0]?.[0];
+    for (const [key, value] of Object.entries(fleet)) {
+      for (const item of Array.isArray(value) ? value : [value]) {
+        const line = item !== null && typeof item === 'object'
+          ? Object.entries(item).map(([k, v]) => `${k} ${show(v)}`).join(' · ') : show(item);
+        const li = text('li', `${key}: ${line}`);
+        if (key === 'replicas' && item && item.config_hash !== common) li.className = 'flag';
+        list.append(li);
+      }
     }
   }
 
