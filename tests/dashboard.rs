@@ -232,6 +232,7 @@ async fn state_brings_events_routes_and_history_and_waits_for_an_event() {
     assert_eq!(v["events"], json!([]));
     assert_eq!(v["status"]["routes"][0]["name"], json!("web"));
     assert_eq!(v["history"]["interval_ms"], json!(2000));
+    assert_eq!(v["fleet"], Value::Null, "a single instance has no fleet");
     let (status, _) = s.get(&d, "/api/state?since=x").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
@@ -304,4 +305,33 @@ async fn the_history_counts_the_proxys_requests() {
         assert!(tokio::time::Instant::now() < deadline, "the history never counted the 10 requests: {v}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_is_passed_on_when_the_admin_api_has_one() {
+    // A stand-in admin API over TCP: the bridge sends ctl's bearer token.
+    let fleet = json!({"replicas": [{"name": "proxy-a", "config_hash": "abc", "connected": true}]});
+    let answer = fleet.clone();
+    let admin = Backend::start(move |req| {
+        let answer = answer.clone();
+        async move {
+            let authorized = req.headers().get("authorization").is_some_and(|v| v == "Bearer s3cret");
+            let body = match req.uri().path() {
+                _ if !authorized => return text(StatusCode::UNAUTHORIZED, "{}"),
+                "/v1/events" => json!({"events": []}),
+                "/v1/routes" => json!({"routes": [], "reload": {}}),
+                "/v1/fleet" => answer,
+                _ => return text(StatusCode::NOT_FOUND, r#"{"error": "no endpoint"}"#),
+            };
+            text(StatusCode::OK, &body.to_string())
+        }
+    })
+    .await;
+    let target =
+        cutover::ctl::Target { listen: cutover::config::AdminListen::Tcp(admin.addr), token: Some("s3cret".into()) };
+    let d = dashboard::start(target, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let s = login(&d).await;
+    let (status, v) = s.get(&d, "/api/state").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!((&v["fleet"], &v["history"]), (&fleet, &Value::Null), "no history endpoint: no charts, still a page");
 }

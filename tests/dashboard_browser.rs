@@ -45,12 +45,26 @@ async fn the_page_in_a_real_browser() {
     assert_eq!(browser.run(&weight_of("web")).await, json!("12.5"));
     let halted = "return document.querySelector('[data-route=\"web\"] [data-halted]').dataset.halted";
     assert_eq!(browser.run(halted).await, json!("false"));
+    assert_eq!(browser.run("return document.getElementById('fleet').hidden").await, json!(true), "no fleet here");
 
     // Follows a change made with ctl, without a reload.
     browser.run("window.stillThisPage = true; return null").await;
     proxy.set_weight("web", 40.0).await;
     browser.wait_for("the weight set with ctl", WAIT, &weight_is("web", "40")).await;
     assert_eq!(browser.run("return window.stillThisPage ?? false").await, json!(true), "no reload");
+
+    // The slider: moved and let go, it asks, then sets the weight.
+    browser
+        .run(
+            "const s = document.querySelector('[data-route=\"web\"] .slider');
+             s.value = '60'; s.dispatchEvent(new Event('input'));
+             setTimeout(() => s.dispatchEvent(new Event('change')), 0); return null",
+        )
+        .await;
+    assert_eq!(browser.alert_text().await, "Set the canary weight of web to 60%?");
+    browser.accept_alert().await;
+    browser.wait_for("the weight set with the slider", WAIT, &weight_is("web", "60")).await;
+    assert_eq!(proxy.admin_call(Method::GET, "/v1/routes/web", None).await.1["weight"], json!(60.0));
 
     // Charts: every chart has drawn points once the history has two samples.
     for _ in 0..20 {
@@ -78,13 +92,18 @@ async fn the_page_in_a_real_browser() {
     let plan = json!({"steps": [10, 50, 100], "interval": "10m"});
     let (status, _) = proxy.admin_call(Method::POST, "/v1/routes/web/rollout", Some(plan)).await;
     assert_eq!(status, http::StatusCode::OK);
-    browser
+    let steps = browser
         .wait_for(
-            "the rollout",
+            "the rollout's steps",
             WAIT,
-            "return document.querySelector('[data-route=\"web\"] [data-step=\"current\"]')?.textContent ?? null",
+            "const r = document.querySelector('[data-route=\"web\"]');
+             if (r.querySelector('.badge').textContent !== 'rollout step 1/3') return null;
+             return [...r.querySelectorAll('.plan .steps li')].map((li) => li.textContent)",
         )
         .await;
+    let steps: Vec<&str> = steps.as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert!(steps[0].starts_with("10% judged in 9m") || steps[0].starts_with("10% judged in 10m"), "{steps:?}");
+    assert_eq!(steps[1..], ["50% pending", "100% pending"]);
     browser.run("document.querySelector('[data-route=\"web\"] .weight-input').value = '30'; return null").await;
     browser.click("[data-route=\"web\"] [data-action=\"set-weight\"]").await;
     assert_eq!(browser.alert_text().await, "Set the canary weight of web to 30%?");

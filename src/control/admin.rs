@@ -340,13 +340,21 @@ async fn history(control: &Handle, route: Option<&str>, query: Option<&str>) -> 
             return from_control::<()>(Err(e));
         }
     }
-    let Ok(history) = control.history().lock() else {
+    // A copy of the points asked for, so that the sampler never waits, and
+    // the JSON built off the control thread: the whole history of 1,000
+    // routes is megabytes, which must not hold up admin calls or reloads.
+    let Ok(history) = control.history().lock().map(|h| h.select(route, since)) else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "the history is unavailable");
     };
-    let value = history.to_json(route, since);
-    drop(history);
+    let route = route.map(str::to_string);
     // Compact: pretty-printed, each number of each point would take a line.
-    let mut resp = Response::new(Full::new(Bytes::from(serde_json::to_vec(&value).unwrap_or_default())));
+    let json = tokio::task::spawn_blocking(move || {
+        serde_json::to_vec(&history.to_json(route.as_deref(), since)).unwrap_or_default()
+    });
+    let Ok(bytes) = json.await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the history is unavailable");
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     resp
 }

@@ -106,6 +106,35 @@ impl History {
         self.routes = kept;
     }
 
+    fn time_ms(&self, p: &Point) -> u64 {
+        self.started_ms + u64::from(p.time_ds) * 100
+    }
+
+    /// A copy of what [`History::to_json`] needs for `route` and
+    /// `since_ms`: the points after `since_ms` and the one before them (its
+    /// time gives the first one's interval). Cheap to take under the lock;
+    /// the JSON is then built from it elsewhere.
+    pub fn select(&self, route: Option<&str>, since_ms: u64) -> History {
+        let routes = self
+            .routes
+            .iter()
+            .filter(|(name, _)| route.is_none_or(|r| r == name.as_str()))
+            .map(|(name, series)| {
+                let copy = series.each_ref().map(|s| {
+                    s.as_ref().map(|s| {
+                        let first = s.points.iter().position(|p| self.time_ms(p) > since_ms).unwrap_or(s.points.len());
+                        Series {
+                            last: Totals::default(),
+                            points: s.points.range(first.saturating_sub(1)..).copied().collect(),
+                        }
+                    })
+                });
+                (name.clone(), copy)
+            })
+            .collect();
+        History { started_ms: self.started_ms, routes }
+    }
+
     /// The JSON of `GET /v1/history`: points after `since_ms`, of one route
     /// (no series when it has not been sampled yet) or all.
     pub fn to_json(&self, route: Option<&str>, since_ms: u64) -> Value {
@@ -133,7 +162,7 @@ impl History {
                 let seconds =
                     previous.map_or(INTERVAL.as_secs_f64(), |t| f64::from(p.time_ds.saturating_sub(t)) / 10.0);
                 previous = Some(p.time_ds);
-                let time_ms = self.started_ms + u64::from(p.time_ds) * 100;
+                let time_ms = self.time_ms(p);
                 if time_ms <= since_ms {
                     continue;
                 }
@@ -219,9 +248,18 @@ mod tests {
         let canary = &web["versions"]["canary"][1];
         assert_eq!((canary[2].as_u64(), canary[3].as_u64()), (Some(5), Some(5)));
         assert!((canary[4].as_f64().unwrap() - 990.01).abs() < 0.01, "{canary}");
-        // Only points after `since`.
+        // Only points after `since`; a selection gives the same answer.
         let later = h.to_json(Some("web"), 1_004_000);
-        assert_eq!(later["routes"][0]["versions"]["stable"].as_array().unwrap().len(), 1);
+        assert_eq!(later["routes"][0]["versions"]["stable"], json!([[1_006_500u64, 2.5, 0, 0, null]]));
+        for since in [0, 1_002_000, 1_004_000, 1_006_500] {
+            assert_eq!(h.select(Some("web"), since).to_json(Some("web"), since), h.to_json(Some("web"), since));
+            assert_eq!(h.select(None, since).to_json(None, since), h.to_json(None, since));
+        }
+        assert_eq!(
+            h.select(Some("web"), 1_004_000).ring("web", Version::Stable).len(),
+            2,
+            "the point before, and after"
+        );
         assert_eq!(h.to_json(Some("new"), 0)["routes"], json!([{ "name": "new", "versions": {} }]));
     }
 

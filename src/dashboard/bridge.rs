@@ -51,8 +51,9 @@ async fn get(target: &Target, path: &str) -> Result<Value, Response<Body>> {
 
 /// `GET /api/state?since=SEQ&history=MS&wait=SECS`: what the page needs in
 /// one round trip: the events after `since` (held up to `wait` seconds
-/// until one arrives), every route's status, and the history points after
-/// `history`. The page asks at most once a second.
+/// until one arrives), every route's status, the history points after
+/// `history`, and in fleet mode the fleet (else null). The page asks at most
+/// once a second.
 pub async fn state(target: &Target, query: Option<&str>) -> Response<Body> {
     let (mut since, mut history, mut wait) = (0u64, 0u64, 0u64);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -83,7 +84,13 @@ pub async fn state(target: &Target, query: Option<&str>) -> Response<Body> {
         Ok(_) => Value::Null,
         Err(e) => return unreachable(e),
     };
-    json(StatusCode::OK, &json!({ "events": events, "status": status, "history": history }))
+    // Fleet mode (DESIGN §7) has `GET /v1/fleet`; a single instance has not.
+    let fleet = match call(target, Method::GET, "/v1/fleet", None).await {
+        Ok((s, v)) if s.is_success() => v,
+        Ok(_) => Value::Null,
+        Err(e) => return unreachable(e),
+    };
+    json(StatusCode::OK, &json!({ "events": events, "status": status, "history": history, "fleet": fleet }))
 }
 
 /// `POST /api/routes/{route}/{action}`.

@@ -181,12 +181,23 @@ impl Browser {
         self.command(Method::POST, "/alert/dismiss", json!({})).await;
     }
 
-    /// Ends the session (the browser exits), then the driver.
+    /// Ends the session (chromedriver closes the browser and waits for
+    /// it), then asks the driver to exit, so that no browser process is
+    /// left to be reaped by someone else.
     pub async fn quit(mut self) {
         let _ = self.request(Method::DELETE, &format!("/session/{}", self.session), None).await;
-        self.kill();
+        let _ = Command::new("kill").args(["-TERM", &self.driver.id().to_string()]).status();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(None) = self.driver.try_wait() {
+            if tokio::time::Instant::now() >= deadline {
+                self.kill();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
+    /// The last resort (a failed test): the driver's whole process group.
     fn kill(&mut self) {
         let _ = Command::new("kill").args(["-KILL", &format!("-{}", self.driver.id())]).status();
         let _ = self.driver.kill();

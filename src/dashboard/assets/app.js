@@ -80,6 +80,7 @@
     if (h) addHistory(h);
     renderStatus(body.status);
     renderEvents();
+    renderFleet(body.fleet);
     if (!rendered) {
       rendered = true;
       // Page load to the first full render, for tests and the README.
@@ -251,7 +252,7 @@
   }
 
   function renderRollout(card, r) {
-    const box = $(card, '.rollout');
+    const box = $(card, '.plan');
     box.textContent = '';
     const ro = r.rollout;
     if (!ro) {
@@ -340,11 +341,37 @@
     }
   }
 
+  // Fleet mode: each replica (and any other list the API gives, such as the
+  // rollouts' drivers) as a line of its fields; a replica whose config hash
+  // differs from the others' is flagged.
+  function renderFleet(fleet) {
+    const box = document.getElementById('fleet');
+    box.hidden = !fleet;
+    if (!fleet) return;
+    const list = $(box, 'ul');
+    list.textContent = '';
+    const show = (v) => (v !== null && typeof v === 'object' ? JSON.stringify(v) : String(v));
+    const hashes = new Map();
+    for (const r of Array.isArray(fleet.replicas) ? fleet.replicas : []) {
+      hashes.set(r.config_hash, (hashes.get(r.config_hash) || 0) + 1);
+    }
+    const common = [...hashes].sort((a, b) => b[1] - a[1])[0]?.[0];
+    for (const [key, value] of Object.entries(fleet)) {
+      for (const item of Array.isArray(value) ? value : [value]) {
+        const line = item !== null && typeof item === 'object'
+          ? Object.entries(item).map(([k, v]) => `${k} ${show(v)}`).join(' · ') : show(item);
+        const li = text('li', `${key}: ${line}`);
+        if (key === 'replicas' && item && item.config_hash !== common) li.className = 'flag';
+        list.append(li);
+      }
+    }
+  }
+
   // Values per point [time_ms, seconds, requests, errors, p99_ms].
   const CHARTS = {
-    rps: { value: (p) => p[2] / (p[1] || 2), format: (v) => (v >= 100 ? v.toFixed(0) : v.toFixed(1)) },
-    errors: { value: (p) => (p[2] ? (100 * p[3]) / p[2] : null), format: (v) => `${v.toFixed(1)}%` },
-    p99: { value: (p) => p[4], format: (v) => (v >= 1000 ? `${(v / 1000).toFixed(1)}s` : `${v.toFixed(v < 10 ? 1 : 0)}ms`) },
+    rps: { value: (p) => p[2] / (p[1] || 2), format: (v) => String(+v.toFixed(v >= 100 ? 0 : 1)) },
+    errors: { value: (p) => (p[2] ? (100 * p[3]) / p[2] : null), format: (v) => `${+v.toFixed(2)}%` },
+    p99: { value: (p) => p[4], format: (v) => (v >= 1000 ? `${(v / 1000).toFixed(1)}s` : `${v.toFixed(v > 0 && v < 10 ? 1 : 0)}ms`) },
   };
 
   function drawCharts(card, name) {
@@ -359,11 +386,14 @@
     }
   }
 
+  // A round top for the y axis, and how many grid steps divide it evenly.
   function niceMax(max) {
-    if (!(max > 0)) return 1;
+    if (!(max > 0)) return [1, 5];
     const step = 10 ** Math.floor(Math.log10(max));
-    for (const m of [1, 2, 2.5, 5, 10]) if (max <= m * step) return m * step;
-    return 10 * step;
+    for (const [m, ticks] of [[1, 5], [2, 4], [2.5, 5], [5, 5], [10, 5]]) {
+      if (max <= m * step) return [m * step, ticks];
+    }
+    return [10 * step, 5];
   }
 
   function draw(canvas, lines, format) {
@@ -382,7 +412,8 @@
     for (const l of lines) {
       for (const [t, v] of l.points) if (v != null && t > left) max = Math.max(max, v);
     }
-    max = niceMax(max);
+    let ticks;
+    [max, ticks] = niceMax(max);
     const x = (t) => pad.l + ((t - left) / WINDOW_MS) * (w - pad.l - pad.r);
     const y = (v) => pad.t + (1 - v / max) * (h - pad.t - pad.b);
     g.font = '10px system-ui, sans-serif';
@@ -391,8 +422,8 @@
     g.fillStyle = '#6b7280';
     g.textAlign = 'right';
     g.textBaseline = 'middle';
-    for (let i = 0; i <= 4; i++) {
-      const v = (max * i) / 4;
+    for (let i = 0; i <= ticks; i++) {
+      const v = (max * i) / ticks;
       g.beginPath();
       g.moveTo(pad.l, Math.round(y(v)) + 0.5);
       g.lineTo(w - pad.r, Math.round(y(v)) + 0.5);
