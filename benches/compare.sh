@@ -6,13 +6,21 @@
 # servers (one nginx with a "stable" and a "canary" server block). Every
 # proxy: one worker, pinned to PROXY_CPU with taskset; 5% of users to the
 # canary by the sticky cookie `cutover_id`; keep-alive to the backends; no
-# access log. The load generator and the backends share LOAD_CPU. Proxies
-# run in interleaved rounds (the order rotates each round), each started
-# fresh, warmed up, then measured; the summary shows medians over rounds,
-# with the proxy's own CPU time per request split into user and sys.
+# access log, except in the log sections. The load generator and the
+# backends share LOAD_CPU. Proxies run in interleaved rounds (the order
+# rotates each round), each started fresh, warmed up, then measured; the
+# summary shows medians over rounds, with the proxy's own CPU time (user +
+# sys) per request.
 #
 # Usage: benches/compare.sh [section...]    sections: http tls h2 idle reload
-#                                           (default: all of them)
+#                                           http-log http-stdout
+#                                           (default: all but the log ones)
+#   http-log:    as http, every proxy writes a JSON line per request to a
+#                file (nginx: buffer=64k flush=1s; HAProxy: log to stdout,
+#                redirected to the file); lines lost are counted.
+#   http-stdout: as http, cutover with its default access log (JSON to
+#                standard output, here redirected to a file); nginx and
+#                HAProxy without a log, as in the http section.
 # Settings (environment): ROUNDS=3 DURATION=10 WARMUP=2 CONNS=64 H2_CONNS=16
 #   H2_STREAMS=10 IDLE_CONNS=10000 RELOADS=5 PROXY_CPU=0 LOAD_CPU=1
 #   BASE_PORT=18000 CUTOVER=target/release/cutover PROXIES="cutover nginx haproxy"
@@ -29,6 +37,7 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 RELOADS=${RELOADS:-5}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+LOGGING=off # file or stdout in the log sections
 BASE_PORT=${BASE_PORT:-18000}
 PROXIES=${PROXIES:-"cutover nginx haproxy"}
 SECTIONS=${*:-"http tls h2 idle reload"}
@@ -124,15 +133,32 @@ start_proxy() { # proxy
         cutover)
             render cutover.toml
             rm -f "$WORK/state.json"
-            CUTOVER_LOG=warn taskset -c "$PROXY_CPU" "$CUTOVER" run -c "$WORK/cutover.toml" >"$WORK/cutover.log" 2>&1 &
+            local out=$WORK/cutover.out
+            case $LOGGING in
+                file) sed -i "s|^access = \"off\"|access = \"json\"\naccess_path = \"$WORK/access-cutover.log\"|" "$WORK/cutover.toml" ;;
+                stdout) sed -i 's|^access = "off"|access = "json"|' "$WORK/cutover.toml" && out=$WORK/access-cutover.log ;;
+            esac
+            CUTOVER_LOG=warn taskset -c "$PROXY_CPU" "$CUTOVER" run -c "$WORK/cutover.toml" >"$out" 2>"$WORK/cutover.log" &
             ;;
         nginx)
             render nginx.conf nginx
+            if [[ $LOGGING == file ]]; then
+                # The same fields as cutover's line, written as nginx does on a busy site.
+                sed -i "s|^    access_log off;|    log_format json escape=json '{\"time\":\"\$time_iso8601\",\"client\":\"\$remote_addr\",\"method\":\"\$request_method\",\"path\":\"\$uri\",\"status\":\$status,\"route\":\"web\",\"version\":\"\$version\",\"backend\":\"\$upstream_addr\",\"duration_ms\":\$request_time,\"bytes_in\":\$request_length,\"bytes_out\":\$body_bytes_sent}';\n    access_log $WORK/access-nginx.log json buffer=64k flush=1s;|" "$WORK/nginx.conf"
+            fi
             taskset -c "$PROXY_CPU" nginx -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx.err" -g 'daemon off;' &
             ;;
         haproxy)
             render haproxy.cfg haproxy
-            taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+            local out=$WORK/haproxy.log
+            if [[ $LOGGING == file ]]; then
+                # HAProxy writes its log lines to stdout (no syslog), one write each.
+                sed -i -e 's|^    nbthread 1|    nbthread 1\n    log stdout format raw local0|' \
+                    -e "s|^    option forwardfor|    option forwardfor\n    log global\n    log-format '{\"time\":\"%tr\",\"client\":\"%ci\",\"method\":\"%HM\",\"path\":\"%HPO\",\"status\":%ST,\"route\":\"web\",\"version\":\"%b\",\"backend\":\"%si:%sp\",\"duration_ms\":%Ta,\"bytes_in\":%U,\"bytes_out\":%B}'|" \
+                    "$WORK/haproxy.cfg"
+                out=$WORK/access-haproxy.log
+            fi
+            taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$out" 2>"$WORK/haproxy.err" &
             ;;
     esac
     PROXY_PID=$!
@@ -162,7 +188,7 @@ measure() { # section proxy round
     hz=$(getconf CLK_TCK)
     out=$WORK/$section-$proxy-$round.out
     case $section in
-        http) port=$(port_of "$proxy"); url=http://127.0.0.1:$port/ ;;
+        http*) port=$(port_of "$proxy"); url=http://127.0.0.1:$port/ ;;
         *) port=$(tls_port_of "$proxy"); url=https://127.0.0.1:$port/ ;;
     esac
     if [[ $section == h2 ]]; then
@@ -184,7 +210,7 @@ measure() { # section proxy round
         errors=$((${errors:-0} + ${non2xx:-0}))
     else
         local w=(taskset -c "$LOAD_CPU" wrk -t1 -c "$CONNS" --latency -s "$HERE/compare/users.lua")
-        "${w[@]}" -d "${WARMUP}s" "$url" >/dev/null 2>&1 || true
+        "${w[@]}" -d "${WARMUP}s" "$url" >"$out.warmup" 2>&1 || true
         before=$(cpu_ticks "$PROXY_PID")
         "${w[@]}" -d "${DURATION}s" "$url" >"$out" 2>&1 || true
         after=$(cpu_ticks "$PROXY_PID")
@@ -200,7 +226,7 @@ measure() { # section proxy round
     cpu=$(seconds $((u1 - u0 + s1 - s0)))
     user=$(seconds $((u1 - u0)))
     sys=$(seconds $((s1 - s0)))
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$proxy" "$round" "${rps:-0}" "$p50" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$section" "$proxy" "$round" "${rps:-0}" "$p50" \
         "$p99" "${errors:-0}" "$(mem_kb "$PROXY_PID" VmHWM)" "$cpu" "$user" "$sys" >>"$RESULTS"
     printf '  %-8s round %s: %10s req/s  p50 %7s ms  p99 %7s ms  errors %s  proxy CPU %ss (user %s, sys %s)  load %s\n' \
         "$proxy" "$round" "${rps:-0}" "$p50" "$p99" "${errors:-0}" "$cpu" "$user" "$sys" "$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -217,21 +243,34 @@ for r in rows:
 med = lambda rs, i: statistics.median(float(r[i]) for r in rs)
 base = med(by["nginx"], 3) if "nginx" in by else None
 latency = ("mean ms", "max ms") if section == "h2" else ("p50 ms", "p99 ms")
+logged = section in ("http-log", "http-stdout")
 print(f"| {section} | req/s | {latency[0]} | {latency[1]} | errors | peak RSS MiB | req per proxy CPU-s "
-      "| user µs/req | sys µs/req | req/s vs nginx |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| CPU µs/req | user µs/req | sys µs/req | req/s vs nginx | p99 vs nginx | CPU/req vs nginx |"
+      + (" log lines lost |" if logged else ""))
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if logged else ""))
 def per_request(rs, i):
     # The proxy's CPU seconds of kind i per request, in microseconds.
     values = [float(r[i]) * 1e6 / (float(r[3]) * duration) for r in rs if float(r[3]) > 0]
     return f"{statistics.median(values):.1f}" if values else "-"
+def cpu_per_request(rs):
+    values = [float(r[8]) * 1e6 / (float(r[3]) * duration) for r in rs if float(r[3]) > 0]
+    return statistics.median(values) if values else None
+base_cpu = cpu_per_request(by["nginx"]) if "nginx" in by else None
+base_p99 = med(by["nginx"], 5) if "nginx" in by else None
 for proxy, rs in by.items():
     rps = med(rs, 3)
     cpu = [float(r[3]) * duration / float(r[8]) for r in rs if float(r[8]) > 0]
     per_cpu = f"{statistics.median(cpu):,.0f}" if cpu else "-"
     ratio = f"{rps / base:.2f}x" if base else "-"
+    p99_ratio = f"{med(rs, 5) / base_p99:.2f}x" if base_p99 else "-"
+    cpu_req = cpu_per_request(rs)
+    cpu_text = f"{cpu_req:.1f}" if cpu_req is not None else "-"
+    cpu_ratio = f"{cpu_req / base_cpu:.2f}x" if cpu_req is not None and base_cpu else "-"
+    lost = [r[11] for r in rs if len(r) > 11 and r[11] != "-"]
+    lost_text = f" {sum(int(x) for x in lost)} |" if lost else " - |"
     print(f"| {proxy} | {rps:,.0f} | {med(rs, 4):.2f} | {med(rs, 5):.2f} | {sum(int(r[6]) for r in rs)} "
-          f"| {max(float(r[7]) for r in rs) / 1024:.1f} | {per_cpu} | {per_request(rs, 9)} | {per_request(rs, 10)} "
-          f"| {ratio} |")
+          f"| {max(float(r[7]) for r in rs) / 1024:.1f} | {per_cpu} | {cpu_text} | {per_request(rs, 9)} "
+          f"| {per_request(rs, 10)} | {ratio} | {p99_ratio} | {cpu_ratio} |" + (lost_text if logged else ""))
 EOF
 }
 
@@ -239,15 +278,34 @@ load_section() { # section
     echo "== $1: ${ROUNDS} interleaved rounds of ${DURATION}s (after ${WARMUP}s warm-up) =="
     local round proxies p
     read -ra proxies <<<"$PROXIES"
+    case $1 in http-log) LOGGING=file ;; http-stdout) LOGGING=stdout ;; *) LOGGING=off ;; esac
     for round in $(seq "$ROUNDS"); do
         for i in "${!proxies[@]}"; do
             p=${proxies[$(((i + round - 1) % ${#proxies[@]}))]}
+            rm -f "$WORK/access-$p.log"
             start_proxy "$p"
             measure "$1" "$p" "$round"
             stop_proxy
+            log_lines "$1" "$p" "$round"
         done
     done
+    LOGGING=off
     summary "$1"
+}
+
+# Ends the result line: the access log lines lost (requests wrk counted,
+# warm-up included, minus the file's lines of 200 answers after the proxy
+# stopped), or - without a log.
+log_lines() { # section proxy round
+    local log=$WORK/access-$2.log out=$WORK/$1-$2-$3.out requests lines lost=-
+    if [[ -f $log ]]; then
+        requests=$(cat "$out.warmup" "$out" | awk '/requests in/ { n += $1 } END { print n + 0 }')
+        # The readiness probes' 400s and HAProxy's TLS notices are not requests.
+        lines=$(grep -c '"status":200' "$log" || true)
+        lost=$((requests > lines ? requests - lines : 0))
+        echo "  $2: $lines log lines for $requests requests, $lost lost"
+    fi
+    printf '\t%s\n' "$lost" >>"$RESULTS"
 }
 
 idle_section() {
@@ -334,7 +392,7 @@ echo "proxy on CPU $PROXY_CPU, load generator and backends on CPU $LOAD_CPU, $(n
 echo "work dir: $WORK"
 for section in $SECTIONS; do
     case $section in
-        http | tls | h2) load_section "$section" ;;
+        http | tls | h2 | http-log | http-stdout) load_section "$section" ;;
         idle) idle_section ;;
         reload) reload_section ;;
         *) echo "unknown section: $section" >&2 ;;

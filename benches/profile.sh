@@ -10,10 +10,12 @@
 #
 # Usage: benches/profile.sh [requests]   (default 20000)
 # Settings: CUTOVER=target/release/cutover BASE_PORT=18000 TOP=40
+#   LOG=off|file|stdout   the access log (default off; stdout goes to a file)
 set -euo pipefail
 
 REQUESTS=${1:-20000}
 TOP=${TOP:-40}
+LOG=${LOG:-off}
 BASE_PORT=${BASE_PORT:-18000}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -46,10 +48,15 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 render backends.conf
 render cutover.toml
 sed -i 's/^workers = 1/workers = 1\ndrain_timeout = "1s"/' "$WORK/cutover.toml"
+OUT_FILE=$WORK/cutover.out
+case $LOG in
+    file) sed -i "s|^access = \"off\"|access = \"json\"\naccess_path = \"$WORK/access.log\"|" "$WORK/cutover.toml" ;;
+    stdout) sed -i 's|^access = "off"|access = "json"|' "$WORK/cutover.toml" && OUT_FILE=$WORK/access.log ;;
+esac
 nginx -p "$WORK" -c "$WORK/backends.conf" -e "$WORK/backends.err" -g 'daemon off;' &
 PIDS+=("$!")
 CUTOVER_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
-    "$CUTOVER" run -c "$WORK/cutover.toml" >"$WORK/cutover.log" 2>&1 &
+    "$CUTOVER" run -c "$WORK/cutover.toml" >"$OUT_FILE" 2>"$WORK/cutover.log" &
 VG=$!
 PIDS+=("$VG")
 wait_port $((BASE_PORT + 80))

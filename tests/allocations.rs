@@ -1,5 +1,6 @@
 //! The per-request work that is cutover's own allocates nothing on the heap
-//! for a returning user: the routing decision, header rewriting and metrics.
+//! for a returning user: the routing decision, header rewriting, metrics and
+//! the access log line.
 //! A counting global allocator proves it (counts are per thread, so the test
 //! harness's other threads do not disturb them).
 
@@ -120,4 +121,38 @@ fn recording_a_requests_metrics_allocates_nothing() {
         canary.response(200, 0.000_42);
     });
     assert_eq!(n, 0, "heap allocations in recording metrics");
+}
+
+#[test]
+fn logging_a_request_allocates_nothing() {
+    use cutover::access_log::{AccessLog, Batching, Record};
+    let dir = tempfile::tempdir().unwrap();
+    let dropped = prometheus::IntCounter::new("dropped", "dropped").unwrap();
+    // A buffer that holds every line below: no hand-over to the writer.
+    let batching = Batching { buffer: 4 << 20, flush: std::time::Duration::from_secs(3600), sample: 1.0 };
+    let log = AccessLog::start(Some(&dir.path().join("access.log")), batching, dropped).unwrap();
+    let record = Record {
+        client: "192.0.2.9",
+        method: "GET",
+        path: "/products/42",
+        status: 200,
+        route: Some("web"),
+        version: Some(Version::Canary),
+        reason: Some(Reason::Returning),
+        backend: Some("10.0.2.10:8080"),
+        duration: std::time::Duration::from_micros(1234),
+        bytes_in: 0,
+        bytes_out: 5120,
+        failed: false,
+    };
+    // The first line registers this thread's buffer.
+    log.log(&record);
+    // Across a second: the cached time of day is formatted again.
+    let n = allocations(|| {
+        for _ in 0..12 {
+            log.log(&record);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+    assert_eq!(n, 0, "heap allocations in logging a request");
 }

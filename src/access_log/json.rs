@@ -142,15 +142,42 @@ fn write_time(out: &mut Vec<u8>, now: SystemTime) {
     SECOND.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.0 != secs {
-            let text = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
-            if let Some(prefix) = text.as_bytes().get(..19) {
-                cache.1.copy_from_slice(prefix);
-                cache.0 = secs;
-            }
+            *cache = (secs, date_time(secs));
         }
         out.extend_from_slice(&cache.1);
     });
     out.extend_from_slice(&[b'.', b'0' + (ms / 100) as u8, b'0' + (ms / 10 % 10) as u8, b'0' + (ms % 10) as u8, b'Z']);
+}
+
+/// "YYYY-MM-DDTHH:MM:SS" of a Unix time, in UTC (proleptic Gregorian,
+/// years up to 9999): the civil-from-days algorithm of Howard Hinnant's
+/// "chrono-Compatible Low-Level Date Algorithms". No allocation.
+pub fn date_time(secs: u64) -> [u8; 19] {
+    let days = (secs / 86_400) as i64;
+    let of_day = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = (yoe + era * 400 + i64::from(month <= 2)).min(9999);
+    let mut text = *b"0000-00-00T00:00:00";
+    let mut put = |at: usize, width: usize, mut n: u64| {
+        for i in (at..at + width).rev() {
+            text[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, of_day / 3600);
+    put(14, 2, of_day / 60 % 60);
+    put(17, 2, of_day % 60);
+    text
 }
 
 #[cfg(test)]

@@ -31,8 +31,14 @@ use writer::{Message, Slot};
 
 use crate::routing::{Reason, Version};
 
-/// Full buffers waiting for the writer before lines are dropped.
-const QUEUE: usize = 16;
+/// Full buffers waiting for the writer before lines are dropped, in bytes
+/// (16 buffers of 64 KiB); at least 2 buffers.
+const QUEUED_BYTES: usize = 1 << 20;
+
+/// The writer's queue, in buffers.
+fn queue(buffer: usize) -> usize {
+    (QUEUED_BYTES / buffer.max(1)).max(2)
+}
 
 /// One request, as logged; `time` is when it is logged (the response's end).
 #[derive(Debug, Clone)]
@@ -111,7 +117,7 @@ impl AccessLog {
     /// Starts the writer thread. `path` None writes to standard output.
     pub fn start(path: Option<&Path>, batching: Batching, dropped: IntCounter) -> std::io::Result<AccessLog> {
         let out = writer::open(path)?;
-        Self::with_writer(out, path.map(Path::to_path_buf), batching, QUEUE, dropped)
+        Self::with_writer(out, path.map(Path::to_path_buf), batching, queue(batching.buffer), dropped)
     }
 
     fn with_writer(
@@ -122,7 +128,7 @@ impl AccessLog {
         dropped: IntCounter,
     ) -> std::io::Result<AccessLog> {
         let (tx, rx) = sync_channel(queue);
-        let shared = Arc::new(writer::Shared::new(batching.buffer, dropped));
+        let shared = Arc::new(writer::Shared::new(batching.buffer, queue, dropped));
         let writer = writer::Writer { rx, shared: shared.clone(), out, path, flush: batching.flush, pending: None };
         std::thread::Builder::new().name("cutover-access-log".into()).spawn(move || writer.run())?;
         let sampler = (batching.sample < 1.0).then(|| Sampler::new(batching.sample));

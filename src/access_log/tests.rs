@@ -108,7 +108,7 @@ fn a_line_is_written_within_the_flush_interval_when_traffic_stops() {
     let (out, written) = capture();
     let flush = Duration::from_millis(200);
     let batching = Batching { buffer: 64 * 1024, flush, sample: 1.0 };
-    let log = AccessLog::with_writer(Box::new(out), None, batching, QUEUE, counter()).unwrap();
+    let log = AccessLog::with_writer(Box::new(out), None, batching, queue(batching.buffer), counter()).unwrap();
     // From another thread, as a worker that goes quiet.
     let worker = log.clone();
     let logged = std::thread::spawn(move || {
@@ -128,7 +128,7 @@ fn a_line_is_written_within_the_flush_interval_when_traffic_stops() {
 fn a_full_buffer_goes_to_the_writer_at_once_in_order() {
     let (out, written) = capture();
     let batching = Batching { buffer: 4 * line_len("/0"), flush: Duration::from_secs(3600), sample: 1.0 };
-    let log = AccessLog::with_writer(Box::new(out), None, batching, QUEUE, counter()).unwrap();
+    let log = AccessLog::with_writer(Box::new(out), None, batching, queue(batching.buffer), counter()).unwrap();
     for i in 0..9 {
         log.log(&record(&format!("/{i}")));
     }
@@ -143,7 +143,7 @@ fn a_full_buffer_goes_to_the_writer_at_once_in_order() {
 fn sampling_keeps_its_share_of_successes_and_every_error() {
     let (out, written) = capture();
     let batching = Batching { buffer: 64 * 1024, flush: Duration::from_secs(3600), sample: 0.1 };
-    let log = AccessLog::with_writer(Box::new(out), None, batching, QUEUE, counter()).unwrap();
+    let log = AccessLog::with_writer(Box::new(out), None, batching, queue(batching.buffer), counter()).unwrap();
     for i in 0..4000 {
         let path = format!("/{i}");
         let mut rec = record(&path);

@@ -30,6 +30,8 @@ pub struct Slot {
 /// What the workers and the writer share.
 pub struct Shared {
     buffer: usize,
+    /// Spare buffers kept: as many as the queue holds, plus a few.
+    keep: usize,
     slots: Mutex<Vec<Arc<Slot>>>,
     /// Empty buffers, with their capacity, for reuse.
     spares: Mutex<Vec<Vec<u8>>>,
@@ -37,8 +39,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(buffer: usize, dropped: IntCounter) -> Shared {
-        Shared { buffer, slots: Mutex::new(Vec::new()), spares: Mutex::new(Vec::new()), dropped }
+    pub fn new(buffer: usize, queue: usize, dropped: IntCounter) -> Shared {
+        Shared { buffer, keep: queue + 4, slots: Mutex::new(Vec::new()), spares: Mutex::new(Vec::new()), dropped }
     }
 
     pub fn register(&self) -> Arc<Slot> {
@@ -55,8 +57,8 @@ impl Shared {
     pub fn recycle(&self, mut buf: Vec<u8>) {
         buf.clear();
         let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
-        // Enough for every slot plus a full queue; more would be kept idle.
-        if spares.len() < 32 {
+        // Enough to refill a full queue; more would only hold memory.
+        if spares.len() < self.keep {
             spares.push(buf);
         }
     }

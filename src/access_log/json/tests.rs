@@ -68,6 +68,14 @@ fn times_are_rfc3339_utc_with_milliseconds_across_seconds() {
 }
 
 proptest! {
+    /// The date and time of day agree with humantime's RFC 3339 up to 9999.
+    #[test]
+    fn date_time_agrees_with_humantime(secs in 0u64..253_402_300_800) {
+        let ours = date_time(secs);
+        let theirs = humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+        prop_assert_eq!(std::str::from_utf8(&ours).unwrap(), &theirs[..19]);
+    }
+
     /// Any bytes in a path or method: the line parses as JSON and carries
     /// the same text back (lossily decoded where it was not UTF-8).
     #[test]
