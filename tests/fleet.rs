@@ -571,3 +571,51 @@ async fn replicas_reach_etcd_over_tls_with_a_client_certificate() {
     let (status, body) = call(&c, Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 50}))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sign_in_to_an_etcd_with_authentication_on() {
+    let etcd = Etcd::start();
+    let etcdctl = |args: &[&str]| {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.urls()[0]])
+            .args(args)
+            .output()
+            .expect("etcdctl (Debian: etcd-client; .ci/run installs it)");
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    etcdctl(&["user", "add", "root", "--new-user-password=root-secret-42", "--interactive=false"]);
+    etcdctl(&["auth", "enable"]);
+    let stable = Backend::named("stable").await;
+    let canary = Backend::named("canary").await;
+    let prefix = prefix();
+    let start = |name: &str, password: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("etcd.pass"), format!("{password}\n")).unwrap();
+        let section = format!(
+            "{}username = \"root\"\npassword_file = \"{{dir}}/etcd.pass\"\n",
+            etcd.fleet_section(&prefix, name, "2s")
+        );
+        Proxy::start_in(dir, &two_pool_config(stable.addr, canary.addr, 0.0, &section))
+    };
+    let (a, b) = (start("proxy-a", "root-secret-42"), start("proxy-b", "root-secret-42"));
+    let changed = until(WAIT, || async {
+        call(&a, Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 15}))).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(changed, "{:?}", call(&a, Method::GET, "/v1/fleet", None).await);
+    let ok =
+        until(WAIT, || async { call(&b, Method::GET, "/v1/routes/web", None).await.1["weight"] == json!(15.0) }).await;
+    assert!(ok, "{:?}", call(&b, Method::GET, "/v1/fleet", None).await);
+    // A wrong password: refused by etcd, so changes answer 503 with why.
+    let c = start("proxy-c", "wrong");
+    let refused = until(WAIT, || async {
+        call(&c, Method::GET, "/v1/fleet", None).await.1["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("authentication failed"))
+    })
+    .await;
+    assert!(refused, "{:?}", call(&c, Method::GET, "/v1/fleet", None).await);
+    let (status, _) = call(&c, Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 50}))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
