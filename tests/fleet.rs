@@ -319,6 +319,7 @@ async fn one_replica_drives_a_rollout_and_another_finishes_it_when_the_driver_di
     let driving: f64 =
         fleet.running().map(|p| common::metric(&p.metrics(), "cutover_rollout_driver{route=\"web\"}")).sum();
     assert_eq!(driving, 1.0);
+    promtool_check(&fleet.at(index).metrics());
     // Kill the driver as a crash would (its lease is left to expire).
     let step_before = fleet.route(index).await["rollout"]["step"].as_u64().unwrap_or(0);
     let dead = fleet.replicas[index].take().unwrap();
@@ -466,7 +467,7 @@ async fn hostile_records_in_etcd_are_ignored_not_a_crash() {
     let etcd = Etcd::start();
     let fleet = Fleet::start(&etcd, 1, "2s").await;
     let key = format!("{}/routes/web", fleet.prefix);
-    let client = cutover::fleet::etcd::Client::new(&etcd.urls(), Duration::from_secs(2), None).unwrap();
+    let client = cutover::fleet::etcd::Client::new(&etcd.urls(), Duration::from_secs(2), None, None).unwrap();
     let put = |value: String| {
         let (client, key) = (&client, &key);
         async move { client.put(key, value.as_bytes(), 0).await.expect("etcd put") }
@@ -493,4 +494,128 @@ async fn hostile_records_in_etcd_are_ignored_not_a_crash() {
     put(state("")).await;
     fleet.wait_all("weight 25 from etcd", |r| r["weight"] == json!(25.0)).await;
     assert_eq!(get(fleet.at(0).addr(), "/", &[]).await.status, StatusCode::OK);
+}
+
+/// `promtool check metrics` passes on a fleet replica's output.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    for family in [
+        "cutover_fleet_connected",
+        "cutover_fleet_replicas",
+        "cutover_fleet_applied_revision",
+        "cutover_rollout_driver",
+    ] {
+        assert!(text.contains(&format!("# TYPE {family} gauge")), "{family} missing:\n{text}");
+    }
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("promtool is required (Debian package `prometheus`) and could not run: {e}"));
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_reach_etcd_over_tls_with_a_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let write = |name: &str, names: &[&str]| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(certs.path().join(format!("{name}.crt")), cert.pem()).unwrap();
+        std::fs::write(certs.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    };
+    write("etcd", &["127.0.0.1", "localhost"]);
+    write("cutover", &["cutover"]);
+    std::fs::write(certs.path().join("ca.crt"), ca.pem()).unwrap();
+    let path = |f: &str| certs.path().join(f);
+    let etcd = Etcd::start_tls(path("etcd.crt"), path("etcd.key"), path("ca.crt"));
+    let tls = format!(
+        "tls = {{ ca = {:?}, cert = {:?}, key = {:?} }}\n",
+        path("ca.crt").display().to_string(),
+        path("cutover.crt").display().to_string(),
+        path("cutover.key").display().to_string()
+    );
+    let stable = Backend::named("stable").await;
+    let canary = Backend::named("canary").await;
+    let prefix = prefix();
+    let start = |name: &str, with_tls: bool| {
+        let mut section = etcd.fleet_section(&prefix, name, "2s");
+        if with_tls {
+            section.push_str(&tls);
+        }
+        Proxy::start(&two_pool_config(stable.addr, canary.addr, 0.0, &section))
+    };
+    let (a, b) = (start("proxy-a", true), start("proxy-b", true));
+    let settled = until(WAIT, || async {
+        call(&a, Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 35}))).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(settled, "no change went through over TLS: {:?}", call(&a, Method::GET, "/v1/fleet", None).await);
+    let ok =
+        until(WAIT, || async { call(&b, Method::GET, "/v1/routes/web", None).await.1["weight"] == json!(35.0) }).await;
+    assert!(ok);
+    // Without a client certificate, etcd refuses the replica: changes answer 503.
+    let c = start("proxy-c", false);
+    let (status, body) = call(&c, Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 50}))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sign_in_to_an_etcd_with_authentication_on() {
+    let etcd = Etcd::start();
+    let etcdctl = |args: &[&str]| {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.urls()[0]])
+            .args(args)
+            .output()
+            .expect("etcdctl (Debian: etcd-client; .ci/run installs it)");
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    etcdctl(&["user", "add", "root", "--new-user-password=root-secret-42", "--interactive=false"]);
+    etcdctl(&["auth", "enable"]);
+    let stable = Backend::named("stable").await;
+    let canary = Backend::named("canary").await;
+    let prefix = prefix();
+    let start = |name: &str, password: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("etcd.pass"), format!("{password}\n")).unwrap();
+        let section = format!(
+            "{}username = \"root\"\npassword_file = \"{{dir}}/etcd.pass\"\n",
+            etcd.fleet_section(&prefix, name, "2s")
+        );
+        Proxy::start_in(dir, &two_pool_config(stable.addr, canary.addr, 0.0, &section))
+    };
+    let (a, b) = (start("proxy-a", "root-secret-42"), start("proxy-b", "root-secret-42"));
+    let changed = until(WAIT, || async {
+        call(&a, Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 15}))).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(changed, "{:?}", call(&a, Method::GET, "/v1/fleet", None).await);
+    let ok =
+        until(WAIT, || async { call(&b, Method::GET, "/v1/routes/web", None).await.1["weight"] == json!(15.0) }).await;
+    assert!(ok, "{:?}", call(&b, Method::GET, "/v1/fleet", None).await);
+    // A wrong password: refused by etcd, so changes answer 503 with why.
+    let c = start("proxy-c", "wrong");
+    let refused = until(WAIT, || async {
+        call(&c, Method::GET, "/v1/fleet", None).await.1["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("authentication failed"))
+    })
+    .await;
+    assert!(refused, "{:?}", call(&c, Method::GET, "/v1/fleet", None).await);
+    let (status, _) = call(&c, Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 50}))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }

@@ -64,6 +64,10 @@ pub enum Op {
 pub struct Client {
     /// `host:port` of each endpoint.
     endpoints: Vec<String>,
+    /// Set when an endpoint is `https://`: the connector (the configured
+    /// CA, else the Mozilla roots; a client certificate if configured) and
+    /// which endpoints use it.
+    tls: Option<(tokio_rustls::TlsConnector, Vec<bool>)>,
     preferred: AtomicUsize,
     timeout: Duration,
     credentials: Option<(String, String)>,
@@ -106,19 +110,29 @@ fn revision(v: &Value) -> i64 {
 }
 
 impl Client {
-    /// `urls` as in `[fleet] etcd` (`http://host:port`). TLS to etcd is not
-    /// built in yet: `https://` URLs are refused here with a clear message.
-    pub fn new(urls: &[String], timeout: Duration, credentials: Option<(String, String)>) -> Result<Client, String> {
+    /// `urls` as in `[fleet] etcd` (`http://host:port` or `https://host:port`).
+    pub fn new(
+        urls: &[String],
+        timeout: Duration,
+        credentials: Option<(String, String)>,
+        tls: Option<&crate::config::FleetTls>,
+    ) -> Result<Client, String> {
         let mut endpoints = Vec::new();
+        let mut https = Vec::new();
         for url in urls {
-            match url.strip_prefix("http://") {
-                Some(authority) => endpoints.push(authority.trim_end_matches('/').to_string()),
-                None => {
-                    return Err(format!("{url}: TLS to etcd (https://) is not supported by this build; use http://"));
-                }
-            }
+            let (authority, secure) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+                (Some(a), _) => (a, false),
+                (_, Some(a)) => (a, true),
+                _ => return Err(format!("{url}: expected http:// or https://")),
+            };
+            endpoints.push(authority.trim_end_matches('/').to_string());
+            https.push(secure);
         }
-        Ok(Client { endpoints, preferred: AtomicUsize::new(0), timeout, credentials, token: Mutex::new(None) })
+        let tls = match https.iter().any(|&s| s) {
+            true => Some((connector(tls)?, https)),
+            false => None,
+        };
+        Ok(Client { endpoints, tls, preferred: AtomicUsize::new(0), timeout, credentials, token: Mutex::new(None) })
     }
 
     async fn connect(&self, authority: &str) -> Result<http1::SendRequest<Full<Bytes>>, String> {
@@ -127,6 +141,21 @@ impl Client {
             .map_err(|_| format!("{authority}: connect timed out"))?
             .map_err(|e| format!("{authority}: {e}"))?;
         let _ = stream.set_nodelay(true);
+        let index = self.endpoints.iter().position(|e| e == authority).unwrap_or(0);
+        if let Some((connector, https)) = &self.tls
+            && https.get(index) == Some(&true)
+        {
+            let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).trim_matches(['[', ']']);
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|_| format!("{authority}: {host:?} is not a valid TLS server name"))?;
+            let stream = connector.connect(name, stream).await.map_err(|e| format!("{authority}: TLS: {e}"))?;
+            let (sender, conn) =
+                http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("{authority}: {e}"))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            return Ok(sender);
+        }
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("{authority}: {e}"))?;
         tokio::spawn(async move {
             let _ = conn.await;
@@ -335,6 +364,46 @@ impl Client {
         }
         Err(EtcdError::Unreachable(errors.join("; ")))
     }
+}
+
+/// TLS towards etcd: the configured CA (else the Mozilla roots) and, when
+/// configured, a client certificate (etcd's `--client-cert-auth`).
+fn connector(settings: Option<&crate::config::FleetTls>) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match settings.and_then(|t| t.ca.as_ref()) {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("fleet.tls.ca {}: {e}", path.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("fleet.tls.ca {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("fleet.tls.ca {} holds no certificate", path.display()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| format!("fleet.tls.ca {}: {e}", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(crate::proxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match settings.and_then(|t| t.cert.as_ref().zip(t.key.as_ref())) {
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("fleet.tls.cert {}: {e}", cert.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("fleet.tls.cert {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("fleet.tls.key {}: {e}", key.display()))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| format!("fleet.tls: {e}"))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
 }
 
 /// An open watch: [`Watch::next`] yields batches of changes.

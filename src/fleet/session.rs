@@ -32,7 +32,7 @@ pub fn start(
 ) -> Result<Fleet, String> {
     let timeout = (config.lease / 3).clamp(Duration::from_millis(300), Duration::from_secs(2));
     let credentials = config.username.clone().zip(config.password.clone());
-    let client = Client::new(&config.etcd, timeout, credentials)?;
+    let client = Client::new(&config.etcd, timeout, credentials, config.tls.as_ref())?;
     let (tx, rx) = mpsc::unbounded_channel();
     let fleet = Fleet {
         name: config.name.clone(),

@@ -31,11 +31,16 @@ pub struct Member {
     dir: PathBuf,
     /// The `--initial-cluster` value, for a restart.
     cluster: String,
+    /// TLS on the client port (server cert, key, CA for client certs);
+    /// health is then read on a plain metrics port.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    metrics_port: u16,
 }
 
 impl Member {
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Starts the member again on its data dir (after [`Member::kill`]).
@@ -61,6 +66,19 @@ impl Member {
             .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", self.peer_port)])
             .args(["--initial-cluster", cluster, "--initial-cluster-state", state])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", self.metrics_port)])
+            .args(match &self.tls {
+                Some((cert, key, ca)) => vec![
+                    "--cert-file".to_string(),
+                    cert.display().to_string(),
+                    "--key-file".to_string(),
+                    key.display().to_string(),
+                    "--client-cert-auth".to_string(),
+                    "--trusted-ca-file".to_string(),
+                    ca.display().to_string(),
+                ],
+                None => Vec::new(),
+            })
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -93,7 +111,7 @@ impl Member {
 
     /// Whether the member answers `GET /health` with a healthy cluster.
     pub fn healthy(&self) -> bool {
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) else { return false };
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)) else { return false };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         if s.write_all(b"GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n").is_err() {
             return false;
@@ -124,6 +142,16 @@ impl Etcd {
 
     /// `size` members, ready (every member reports a healthy cluster).
     pub fn cluster(size: usize) -> Etcd {
+        Self::cluster_with(size, None)
+    }
+
+    /// One member serving its clients over TLS only, requiring a client
+    /// certificate from `ca`: (server cert, server key, CA) PEM files.
+    pub fn start_tls(cert: PathBuf, key: PathBuf, ca: PathBuf) -> Etcd {
+        Self::cluster_with(1, Some((cert, key, ca)))
+    }
+
+    fn cluster_with(size: usize, tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
         let mut members: Vec<Member> = (0..size)
             .map(|i| Member {
@@ -133,6 +161,8 @@ impl Etcd {
                 child: None,
                 dir: dir.path().to_path_buf(),
                 cluster: String::new(),
+                tls: tls.clone(),
+                metrics_port: free_port(),
             })
             .collect();
         let cluster: Vec<String> =
