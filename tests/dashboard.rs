@@ -335,3 +335,40 @@ async fn the_fleet_is_passed_on_when_the_admin_api_has_one() {
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!((&v["fleet"], &v["history"]), (&fleet, &Value::Null), "no history endpoint: no charts, still a page");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_dashboard_prints_its_url_with_the_real_port() {
+    use std::io::BufRead;
+    let (_s, _c, proxy, _d) = setup().await;
+    let admin = match proxy.admin().listen {
+        cutover::config::AdminListen::Unix(p) => format!("unix:{}", p.display()),
+        cutover::config::AdminListen::Tcp(a) => a.to_string(),
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["ctl", "--admin", &admin, "dashboard", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start cutover ctl dashboard");
+    let stdout = child.stdout.take().unwrap();
+    // Bounded: the URL is among the first lines, or the process ended, or
+    // the wait times out (and the kill below ends the reader).
+    let reader = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout).lines().take(10).map_while(Result::ok).find_map(|l| {
+            l.trim().strip_prefix("http://127.0.0.1:").filter(|rest| rest.contains("/?token=")).map(str::to_string)
+        })
+    });
+    let url = tokio::time::timeout(Duration::from_secs(30), reader).await;
+    let Ok(Ok(Some(url))) = url else {
+        let _ = child.kill();
+        panic!("no URL on stdout: {url:?}");
+    };
+    let (port, rest) = url.split_once('/').unwrap();
+    assert_ne!(port, "0", "the real port");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let req = Request::get(format!("/{rest}")).header("host", addr.to_string()).body(empty()).unwrap();
+    let got = Client::connect(addr).await.send(req).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got.status, StatusCode::SEE_OTHER, "the printed token opens a session");
+}

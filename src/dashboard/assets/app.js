@@ -49,6 +49,7 @@
       try {
         const wait = rendered ? HOLD_SECS : 0;
         const r = await fetch(`/api/state?since=${since}&history=${historySince}&wait=${wait}`);
+        if (r.status === 401) throw new Error('this session ended (the dashboard restarted?): open the URL it printed');
         const body = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
         if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
         apply(body);
@@ -142,6 +143,9 @@
     slider.addEventListener('change', () => setWeight(card, name));
     input.addEventListener('input', () => {
       card.dataset.editing = 'true';
+    });
+    input.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter') setWeight(card, name);
     });
     $(card, '[data-action="set-weight"]').addEventListener('click', () => setWeight(card, name));
     const simple = {
