@@ -46,6 +46,8 @@ pub struct Server {
     pub drain_timeout: Option<Text>,
     pub max_connections: Option<Spanned<i64>>,
     pub tls: Option<Spanned<ServerTls>>,
+    pub request_buffer: Option<Spanned<i64>>,
+    pub response_buffer: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +72,10 @@ pub struct Timeouts {
     pub client_idle: Option<Text>,
     pub client_header: Option<Text>,
     pub upstream_idle: Option<Text>,
+    pub client_body: Option<Text>,
+    pub client_send: Option<Text>,
+    pub tunnel_idle: Option<Text>,
+    pub queue: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +166,8 @@ pub struct Pool {
     pub health: Option<Spanned<Health>>,
     pub eject: Option<Spanned<Eject>>,
     pub tls: Option<Spanned<UpstreamTls>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_queue: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
