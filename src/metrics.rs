@@ -78,6 +78,60 @@ pub struct Metrics {
     /// Request heads the HTTP/1.1 server refused (400, 408, 414, 431, 501, 505).
     pub http1_head_refusals: IntCounterVec,
     fleet: OnceLock<FleetMetrics>,
+    /// Slow-client protection: timeouts, queueing, buffering (pre-resolved).
+    pub slow: SlowClients,
+}
+
+/// Counters of the slow-client protections, resolved once.
+pub struct SlowClients {
+    client_timeouts: IntCounterVec,
+    queue: IntCounterVec,
+    bodies: IntCounterVec,
+    pub body_timeout: IntCounter,
+    pub send_timeout: IntCounter,
+    pub tunnel_idle: IntCounter,
+    pub queued: IntCounter,
+    pub queue_full: IntCounter,
+    pub queue_timeout: IntCounter,
+    pub body_buffered: IntCounter,
+    pub body_streamed: IntCounter,
+    pub response_buffered: IntCounter,
+}
+
+impl SlowClients {
+    fn new() -> SlowClients {
+        let client_timeouts = counter(
+            "cutover_client_timeouts_total",
+            "Client connections cut by a timeout, by kind (body, send, tunnel_idle).",
+            &["kind"],
+        );
+        let queue = counter(
+            "cutover_backend_queue_total",
+            "Requests that found their backend at max_connections, by result (queued, full, timeout).",
+            &["result"],
+        );
+        let bodies = counter(
+            "cutover_buffered_bodies_total",
+            "Bodies by how they were carried (request_whole: read into memory before the backend was \
+             contacted; request_streamed: larger than server.request_buffer; response_whole: read ahead \
+             of the client in full).",
+            &["mode"],
+        );
+        SlowClients {
+            body_timeout: client_timeouts.with_label_values(&["body"]),
+            send_timeout: client_timeouts.with_label_values(&["send"]),
+            tunnel_idle: client_timeouts.with_label_values(&["tunnel_idle"]),
+            queued: queue.with_label_values(&["queued"]),
+            queue_full: queue.with_label_values(&["full"]),
+            queue_timeout: queue.with_label_values(&["timeout"]),
+            body_buffered: bodies.with_label_values(&["request_whole"]),
+            body_streamed: bodies.with_label_values(&["request_streamed"]),
+            response_buffered: bodies.with_label_values(&["response_whole"]),
+            client_timeouts,
+            queue,
+            bodies,
+        }
+    }
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -186,6 +240,7 @@ impl Metrics {
                 &["listener", "code"],
             ),
             fleet: OnceLock::new(),
+            slow: SlowClients::new(),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -208,6 +263,9 @@ impl Metrics {
             Box::new(m.access_log_dropped.clone()),
             Box::new(m.tls_cert_reloads.clone()),
             Box::new(m.http1_head_refusals.clone()),
+            Box::new(m.slow.client_timeouts.clone()),
+            Box::new(m.slow.queue.clone()),
+            Box::new(m.slow.bodies.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

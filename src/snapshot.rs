@@ -29,6 +29,10 @@ pub struct Backend {
     /// Consecutive failed attempts, for passive ejection.
     pub failures: AtomicU32,
     pub tls: Option<Arc<UpstreamTls>>,
+    /// Requests waiting for a slot under the pool's `max_connections`.
+    pub queued: AtomicU32,
+    /// Woken when a request at this backend ends while others wait.
+    pub freed: tokio::sync::Notify,
 }
 
 static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(1);
@@ -43,6 +47,8 @@ impl Backend {
             inflight: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             tls,
+            queued: AtomicU32::new(0),
+            freed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -58,6 +64,9 @@ pub struct Pool {
     pub eject: Eject,
     /// Round-robin position, shared by the snapshots of this pool.
     pub cursor: Arc<AtomicUsize>,
+    /// Requests in flight per backend (0: no limit) and the queue's bound.
+    pub max_connections: u32,
+    pub max_queue: u32,
 }
 
 impl Pool {
@@ -214,6 +223,8 @@ impl Snapshot {
                     balance: pool.balance,
                     eject: pool.eject.clone(),
                     cursor: backends.cursor(name),
+                    max_connections: pool.max_connections,
+                    max_queue: pool.max_queue,
                 }
             })
             .collect();
@@ -272,6 +283,8 @@ mod tests {
                 timeouts: true,
             },
             cursor: Arc::default(),
+            max_connections: 0,
+            max_queue: 0,
         }
     }
 

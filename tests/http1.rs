@@ -85,6 +85,19 @@ async fn setup() -> (Backend, Backend, Proxy) {
     (stable, canary, proxy)
 }
 
+/// [`setup`] with request bodies streamed from their first byte
+/// (`server.request_buffer = 0`), as bodies larger than the buffer are:
+/// for the cases where a backend sees a body before it is complete.
+async fn setup_streaming() -> (Backend, Backend, Proxy) {
+    let (stable, canary) = (app().await, Backend::named("canary").await);
+    let proxy = Proxy::start(&streaming(&two_pool_config(stable.addr, canary.addr, 0.0, "")));
+    (stable, canary, proxy)
+}
+
+fn streaming(config: &str) -> String {
+    config.replacen("[server]\n", "[server]\nrequest_buffer = 0\n", 1)
+}
+
 fn paths(backend: &Backend) -> Vec<String> {
     backend.seen.lock().unwrap().iter().map(|s| s.uri.clone()).collect()
 }
@@ -313,7 +326,7 @@ async fn a_hundred_sequential_requests_share_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_body_is_forwarded_exactly_even_in_pieces() {
-    let (stable, _canary, proxy) = setup().await;
+    let (stable, _canary, proxy) = setup_streaming().await;
     let mut conn = Conn::open(proxy.addr()).await;
     let got =
         conn.roundtrip(b"POST /echo HTTP/1.1\r\nHost: example.com\r\nContent-Length: 11\r\n\r\nhello world").await;
@@ -439,7 +452,7 @@ async fn a_client_gone_mid_body_leaves_the_proxy_serving() {
 /// which looks like a request, must never be parsed as one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unread_body_answered_early_is_never_parsed_as_a_request() {
-    let (stable, canary, proxy) = setup().await;
+    let (stable, canary, proxy) = setup_streaming().await;
     let mut rest = SMUGGLED.to_vec();
     rest.extend(pattern(200_000));
     rest.extend_from_slice(SMUGGLED);
@@ -890,7 +903,7 @@ async fn a_client_that_leaves_mid_request_abandons_the_backend_request() {
 async fn a_body_still_forwarded_when_its_connection_closes_fails_at_once() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let canary = Backend::named("canary").await;
-    let proxy = Proxy::start(&two_pool_config(listener.local_addr().unwrap(), canary.addr, 0.0, ""));
+    let proxy = Proxy::start(&streaming(&two_pool_config(listener.local_addr().unwrap(), canary.addr, 0.0, "")));
     let mut client = Conn::open(proxy.addr()).await;
     client.send(b"POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1000000\r\n\r\nfirst bytes").await;
     let mut upstream = raw_backend_request(&listener).await;

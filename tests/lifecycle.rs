@@ -380,3 +380,123 @@ fn example_production_config_passes_check() {
     assert!(out.status.success(), "cutover check {}: {}", config.display(), String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
 }
+
+/// Keep-alive load clients: each sends GETs on one connection, opens a new
+/// one when an answer says `Connection: close`, until `stop` is set. Any
+/// request that gets no 200 is a failure.
+fn keep_alive_load(addr: SocketAddr, clients: usize, stop: Arc<AtomicBool>, done: Arc<AtomicUsize>) -> LoadTasks {
+    (0..clients)
+        .map(|_| {
+            let (stop, done) = (stop.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                'connections: while !stop.load(Ordering::SeqCst) && failures.len() < 10 {
+                    let stream = match tokio::net::TcpStream::connect(addr).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            failures.push(format!("connect: {e}"));
+                            continue;
+                        }
+                    };
+                    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+                    else {
+                        failures.push("handshake".to_string());
+                        continue;
+                    };
+                    tokio::spawn(conn);
+                    while !stop.load(Ordering::SeqCst) {
+                        let req = Request::get("/").header("host", "example.com").body(empty()).unwrap();
+                        let attempt = async {
+                            let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+                            let close = resp.headers().get("connection").is_some_and(|v| v == "close");
+                            let status = resp.status();
+                            resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?;
+                            Ok::<_, String>((status, close))
+                        };
+                        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+                            Ok(Ok((StatusCode::OK, close))) => {
+                                done.fetch_add(1, Ordering::SeqCst);
+                                if close {
+                                    continue 'connections;
+                                }
+                            }
+                            Ok(Ok((status, _))) => failures.push(format!("status {status}")),
+                            Ok(Err(e)) => {
+                                failures.push(e);
+                                continue 'connections;
+                            }
+                            Err(_) => {
+                                failures.push("timed out".to_string());
+                                continue 'connections;
+                            }
+                        }
+                    }
+                }
+                failures
+            })
+        })
+        .collect()
+}
+
+/// Issue #17 point 5: repeated zero-downtime upgrades under keep-alive
+/// load lose nothing. A draining process answers the next request of each
+/// kept-alive connection with `Connection: close` instead of closing the
+/// connection under a request on its way.
+async fn upgrades_under_keep_alive_load(upgrades: usize) {
+    let (stable, canary) = (Backend::named("stable").await, Backend::named("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), stable.addr, canary.addr);
+    let (listening, binary) = ready(Binary::start(&["run", "-c", config.to_str().unwrap()], dir.path())).await;
+    let addr = addr_of(&listening, "http");
+    let mut current = binary.child.id();
+
+    let (stop, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let tasks = keep_alive_load(addr, 8, stop.clone(), done.clone());
+    assert!(eventually(Duration::from_secs(20), || done.load(Ordering::SeqCst) >= 100).await);
+    let mut adopted = Vec::new();
+    for round in 0..upgrades {
+        let status = std::process::Command::new("kill").args(["-USR2", &current.to_string()]).status().unwrap();
+        assert!(status.success());
+        let ready_count = round + 2;
+        assert!(
+            eventually(Duration::from_secs(30), || ready_pids(&binary.log_text()).len() >= ready_count).await,
+            "upgrade {round}: no new process ready:\n{}",
+            binary.log_text()
+        );
+        let old = current;
+        current = ready_pids(&binary.log_text())[round + 1];
+        adopted.push(Adopted(current));
+        assert!(
+            eventually(Duration::from_secs(30), || !alive(old)).await,
+            "upgrade {round}: the old process {old} did not exit"
+        );
+        let before = done.load(Ordering::SeqCst);
+        assert!(
+            eventually(Duration::from_secs(20), || done.load(Ordering::SeqCst) >= before + 100).await,
+            "upgrade {round}: the load stalled:\n{}",
+            binary.log_text()
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    let failed = failures(tasks).await;
+    let total = done.load(Ordering::SeqCst);
+    assert!(
+        failed.is_empty(),
+        "{} failed requests ({total} answered) over {upgrades} upgrades: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+    assert!(adopted.last().is_some_and(|p| p.terminate()), "the last process stops on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sigusr2_upgrades_under_keep_alive_load_fail_no_request() {
+    upgrades_under_keep_alive_load(5).await;
+}
+
+/// The target of issue #17: 20 upgrades (`-- --ignored`; about a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy: 20 upgrades"]
+async fn twenty_sigusr2_upgrades_under_keep_alive_load_fail_no_request() {
+    upgrades_under_keep_alive_load(20).await;
+}

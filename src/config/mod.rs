@@ -124,6 +124,13 @@ pub struct Server {
     /// Connections per worker beyond which new ones wait in the kernel backlog.
     pub max_connections: usize,
     pub tls: Option<ServerTls>,
+    /// Request body bytes read into memory before a backend is contacted
+    /// (a body that ends within it is sent whole, and can be sent again);
+    /// 0 streams every body from its first byte.
+    pub request_buffer: usize,
+    /// Response body bytes read ahead of a slow client, per request, so
+    /// that a short answer frees its backend connection at once.
+    pub response_buffer: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +156,15 @@ pub struct Timeouts {
     /// application keep-alive (Node.js closes after 5 s) so that the proxy,
     /// not the backend, closes idle connections.
     pub upstream_idle: Duration,
+    /// Longest wait between two reads of a request body (nginx's
+    /// `client_body_timeout`).
+    pub client_body: Duration,
+    /// Longest wait for a client to take response bytes (nginx's `send_timeout`).
+    pub client_send: Duration,
+    /// An upgraded connection (WebSocket) with no byte either way for this long is closed.
+    pub tunnel_idle: Duration,
+    /// Longest wait in a backend's queue for a free slot (`max_connections`).
+    pub queue: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +319,10 @@ pub struct Pool {
     pub health: Option<HealthCheck>,
     pub eject: Eject,
     pub tls: Option<UpstreamTls>,
+    /// Requests in flight per backend (HAProxy's `maxconn`); 0: no limit.
+    pub max_connections: u32,
+    /// Requests waiting per backend for a slot; more get 503 at once.
+    pub max_queue: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -58,6 +58,8 @@ pub struct Server {
     pub drain_timeout: Option<Of<Duration>>,
     pub max_connections: Option<Spanned<i64>>,
     pub tls: Option<Spanned<ServerTls>>,
+    pub request_buffer: Option<Spanned<i64>>,
+    pub response_buffer: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +84,10 @@ pub struct Timeouts {
     pub client_idle: Option<Of<Duration>>,
     pub client_header: Option<Of<Duration>>,
     pub upstream_idle: Option<Of<Duration>>,
+    pub client_body: Option<Of<Duration>>,
+    pub client_send: Option<Of<Duration>>,
+    pub tunnel_idle: Option<Of<Duration>>,
+    pub queue: Option<Of<Duration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +184,8 @@ pub struct Pool {
     pub health: Option<Spanned<Health>>,
     pub eject: Option<Spanned<Eject>>,
     pub tls: Option<Spanned<UpstreamTls>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_queue: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

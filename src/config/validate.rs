@@ -202,6 +202,8 @@ impl Cx<'_> {
             drain_timeout: self.duration(&raw.drain_timeout, "server.drain_timeout", "30s")?,
             max_connections: self.count(&raw.max_connections, "server.max_connections", 10_000, 1)? as usize,
             tls,
+            request_buffer: self.count(&raw.request_buffer, "server.request_buffer", 64 * 1024, 0)? as usize,
+            response_buffer: self.count(&raw.response_buffer, "server.response_buffer", 64 * 1024, 0)? as usize,
         })
     }
 
@@ -214,6 +216,10 @@ impl Cx<'_> {
             client_idle: self.duration(&raw.client_idle, "timeouts.client_idle", "75s")?,
             client_header: self.duration(&raw.client_header, "timeouts.client_header", "10s")?,
             upstream_idle: self.duration(&raw.upstream_idle, "timeouts.upstream_idle", "4s")?,
+            client_body: self.duration(&raw.client_body, "timeouts.client_body", "60s")?,
+            client_send: self.duration(&raw.client_send, "timeouts.client_send", "60s")?,
+            tunnel_idle: self.duration(&raw.tunnel_idle, "timeouts.tunnel_idle", "1h")?,
+            queue: self.duration(&raw.queue, "timeouts.queue", "5s")?,
         })
     }
 
@@ -554,7 +560,12 @@ impl Cx<'_> {
                     sni: t.sni.as_ref().map(|s| s.get_ref().clone()),
                 }
             });
-            pools.insert(name.get_ref().clone(), Pool { backends, balance, health, eject, tls });
+            let max_connections = self.count(&pool.max_connections, &format!("{key}.max_connections"), 0, 0)?;
+            let max_queue = self.count(&pool.max_queue, &format!("{key}.max_queue"), 1024, 0)?;
+            pools.insert(
+                name.get_ref().clone(),
+                Pool { backends, balance, health, eject, tls, max_connections, max_queue },
+            );
         }
         Ok(pools)
     }

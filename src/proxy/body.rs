@@ -1,13 +1,17 @@
-//! The two body types of the proxy. Bodies stream frame by frame in both
-//! directions; nothing here buffers a whole body.
+//! The body types of the proxy. A request body is read into memory up to
+//! `server.request_buffer` before a backend is contacted ([`read_ahead`]),
+//! then streams; response bodies stream frame by frame.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -54,8 +58,98 @@ impl Body for ClientBody {
 pub enum RequestBody {
     /// The client sent no body; such a request can be sent again.
     Empty,
-    /// The client's body, streamed, counting bytes for the access log.
-    Client { inner: ClientBody, bytes: Rc<Cell<u64>> },
+    /// The whole body, read before the backend was contacted; such a
+    /// request can be sent again (`sent`: given out to the current attempt).
+    Whole { data: Bytes, sent: bool },
+    /// The client's body, streamed after the part already read (`prefix`),
+    /// counting bytes for the access log; at most `timeouts.client_body`
+    /// between two reads.
+    Client { prefix: Option<Bytes>, inner: ClientBody, bytes: Rc<Cell<u64>>, idle: ReadIdle },
+}
+
+/// The client body timeout of a streamed body: armed while the body waits
+/// for the client, never while the backend is the one not reading.
+pub struct ReadIdle {
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl ReadIdle {
+    pub fn new(limit: Duration) -> ReadIdle {
+        ReadIdle { limit, timer: None, armed: false }
+    }
+
+    /// Ready once the client sent nothing for `limit` since the body first waited.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            timer.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        timer.as_mut().poll(cx)
+    }
+}
+
+/// A client that sent nothing within `timeouts.client_body`.
+pub fn body_timeout() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "no request body bytes within timeouts.client_body")
+}
+
+impl RequestBody {
+    /// Makes a request whose body is whole (or absent) ready to be sent
+    /// again; false for a streamed body, which is gone once read.
+    pub fn rewind(&mut self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Whole { sent, .. } => {
+                *sent = false;
+                true
+            }
+            RequestBody::Client { .. } => false,
+        }
+    }
+}
+
+/// Reads the client's body into memory until it ends or passes `limit`
+/// bytes, at most `idle` between two reads: while a slow client uploads, no
+/// backend connection is held. A body that ends in time is `Whole`; a
+/// larger one streams on after what was read.
+pub async fn read_ahead(
+    mut inner: ClientBody,
+    limit: usize,
+    idle: Duration,
+    bytes: Rc<Cell<u64>>,
+) -> Result<RequestBody, io::Error> {
+    let mut data = BytesMut::new();
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut inner).poll_frame(cx));
+        match tokio::time::timeout(idle, frame).await {
+            Err(_) => return Err(body_timeout()),
+            Ok(None) => return Ok(RequestBody::Whole { data: data.freeze(), sent: false }),
+            Ok(Some(Err(e))) => {
+                let kind = match e.downcast_ref::<io::Error>().map(io::Error::kind) {
+                    Some(io::ErrorKind::InvalidData) => io::ErrorKind::InvalidData,
+                    _ => io::ErrorKind::UnexpectedEof,
+                };
+                return Err(io::Error::new(kind, e));
+            }
+            Ok(Some(Ok(frame))) => {
+                // Request trailers are dropped (RFC 9112 §7.1.2 allows it).
+                let Ok(chunk) = frame.into_data() else { continue };
+                bytes.set(bytes.get() + chunk.len() as u64);
+                data.extend_from_slice(&chunk);
+                if inner.is_end_stream() {
+                    return Ok(RequestBody::Whole { data: data.freeze(), sent: false });
+                }
+                if data.len() > limit {
+                    let prefix = Some(data.freeze());
+                    return Ok(RequestBody::Client { prefix, inner, bytes, idle: ReadIdle::new(idle) });
+                }
+            }
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -65,12 +159,29 @@ impl Body for RequestBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Client { inner, bytes } => {
+            RequestBody::Whole { data, sent } => {
+                if *sent || data.is_empty() {
+                    return Poll::Ready(None);
+                }
+                *sent = true;
+                Poll::Ready(Some(Ok(Frame::data(data.clone()))))
+            }
+            RequestBody::Client { prefix, inner, bytes, idle } => {
+                if let Some(data) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
                 let polled = Pin::new(inner).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled
-                    && let Some(data) = frame.data_ref()
-                {
-                    bytes.set(bytes.get() + data.len() as u64);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        idle.armed = false;
+                        if let Some(data) = frame.data_ref() {
+                            bytes.set(bytes.get() + data.len() as u64);
+                        }
+                    }
+                    Poll::Pending if idle.poll_expired(cx).is_ready() => {
+                        return Poll::Ready(Some(Err(body_timeout().into())));
+                    }
+                    _ => {}
                 }
                 polled
             }
@@ -80,14 +191,27 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
-            RequestBody::Client { inner, .. } => inner.is_end_stream(),
+            RequestBody::Whole { data, sent } => *sent || data.is_empty(),
+            RequestBody::Client { prefix, inner, .. } => prefix.is_none() && inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
-            RequestBody::Client { inner, .. } => inner.size_hint(),
+            RequestBody::Whole { data, sent } => SizeHint::with_exact(if *sent { 0 } else { data.len() as u64 }),
+            RequestBody::Client { prefix, inner, .. } => {
+                let before = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let rest = inner.size_hint();
+                match rest.exact() {
+                    Some(n) => SizeHint::with_exact(n + before),
+                    None => {
+                        let mut hint = SizeHint::new();
+                        hint.set_lower(rest.lower() + before);
+                        hint
+                    }
+                }
+            }
         }
     }
 }
@@ -96,10 +220,41 @@ impl Body for RequestBody {
 pub enum ResponseBody {
     /// A response the proxy wrote itself (errors, redirects).
     Local(Option<Bytes>),
-    /// A backend's body. `finish` runs once, when the body ends, fails or is
-    /// dropped (client gone): it records metrics and the access log line and
+    /// A backend's body: first what was read ahead of the client, then the
+    /// rest. `finish` runs once, when the body ends, fails or is dropped
+    /// (client gone): it records metrics and the access log line and
     /// returns the connection to the pool only after a complete body.
-    Upstream { inner: UpstreamBody, bytes: u64, finish: Option<Finish> },
+    /// `delimited`: the backend gave the length (else the client gets the
+    /// body chunked too, even when it was read ahead whole).
+    Upstream { inner: UpstreamBody, ahead: VecDeque<Frame<Bytes>>, delimited: bool, bytes: u64, finish: Option<Finish> },
+}
+
+/// Reads a backend's response body ahead of the client, up to `limit`
+/// bytes: what has already arrived, and, for a body whose length is known
+/// and within the limit, the rest of it (for at most `wait`). A slow reader
+/// then holds memory, not a backend connection; a body that streams
+/// (events, long chunked answers) is never waited for.
+pub async fn read_ahead_response(inner: &mut UpstreamBody, limit: usize, wait: Duration) -> VecDeque<Frame<Bytes>> {
+    let mut ahead = VecDeque::new();
+    let whole = inner.size_hint().exact().is_some_and(|n| n <= limit as u64);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut read = 0;
+    while read < limit && !inner.is_end_stream() {
+        let next = std::future::poll_fn(|cx| match inner.poll_frame(cx) {
+            Poll::Pending if !whole => Poll::Ready(None),
+            polled => polled.map(Some),
+        });
+        match tokio::time::timeout_at(deadline, next).await {
+            // An error leaves the body failed: the client's copy fails in turn.
+            Ok(Some(Some(Ok(frame)))) => {
+                read += frame.data_ref().map_or(0, Bytes::len);
+                ahead.push_back(frame);
+            }
+            Ok(Some(None)) => break,
+            _ => break,
+        }
+    }
+    ahead
 }
 
 impl ResponseBody {
@@ -123,7 +278,19 @@ impl Body for ResponseBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.get_mut() {
             ResponseBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ResponseBody::Upstream { inner, bytes, finish } => {
+            ResponseBody::Upstream { inner, ahead, bytes, finish, .. } => {
+                if let Some(frame) = ahead.pop_front() {
+                    if let Some(data) = frame.data_ref() {
+                        *bytes += data.len() as u64;
+                    }
+                    if ahead.is_empty()
+                        && inner.is_end_stream()
+                        && let Some(f) = finish.take()
+                    {
+                        f.done(true, *bytes, inner.take_connection());
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
                 let polled = inner.poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -160,7 +327,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Local(data) => data.is_none(),
-            ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ResponseBody::Upstream { inner, ahead, .. } => ahead.is_empty() && inner.is_end_stream(),
         }
     }
 
@@ -168,14 +335,24 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Local(None) => SizeHint::with_exact(0),
             ResponseBody::Local(Some(d)) => SizeHint::with_exact(d.len() as u64),
-            ResponseBody::Upstream { inner, .. } => inner.size_hint(),
+            ResponseBody::Upstream { inner, ahead, delimited, .. } => {
+                let before: u64 = ahead.iter().filter_map(|f| f.data_ref()).map(|d| d.len() as u64).sum();
+                match inner.size_hint().exact().filter(|_| *delimited) {
+                    Some(n) => SizeHint::with_exact(n + before),
+                    None => {
+                        let mut hint = SizeHint::new();
+                        hint.set_lower(inner.size_hint().lower() + before);
+                        hint
+                    }
+                }
+            }
         }
     }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let ResponseBody::Upstream { inner, bytes, finish } = self
+        if let ResponseBody::Upstream { inner, bytes, finish, .. } = self
             && let Some(f) = finish.take()
         {
             // A body dropped once all of its Content-Length was read is

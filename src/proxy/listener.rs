@@ -26,7 +26,7 @@ use super::client_timeouts::{Activity, ClientIo, Limits};
 use super::h1;
 use super::retry::RetryBudget;
 use super::service::{self, ConnInfo};
-use super::stream::{MaybeTls, Rewind};
+use super::stream::{MaybeTls, Rewind, Watched};
 use super::upstream::{Connections, UpstreamIo};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -148,17 +148,18 @@ impl Worker {
     /// upgraded backend connection until either side closes. Tunnels are
     /// tracked so that a drain waits for them.
     pub fn spawn_tunnel(&self, client: ClientUpgrade, upstream: Rewind<UpstreamIo>) {
-        let stop = self.stop.clone();
+        let idle = self.snapshot().config.timeouts.tunnel_idle;
+        let timed_out = self.metrics().slow.tunnel_idle.clone();
         self.tunnels.spawn_local(async move {
             match client {
                 ClientUpgrade::Hyper(client) => {
                     if let Ok(client) = client.await {
-                        tunnel(TokioIo::new(client), upstream, stop).await;
+                        tunnel(TokioIo::new(client), upstream, idle, timed_out).await;
                     }
                 }
                 ClientUpgrade::H1(client) => {
                     if let Some(client) = client.stream().await {
-                        tunnel(client, upstream, stop).await;
+                        tunnel(client, upstream, idle, timed_out).await;
                     }
                 }
             }
@@ -182,16 +183,28 @@ impl ClientUpgrade {
     }
 }
 
-async fn tunnel<C, U>(mut client: C, mut upstream: U, stop: CancellationToken)
+/// Copies both ways until either side closes, or no byte passed either way
+/// for `idle` (`timeouts.tunnel_idle`). On a drain, tunnels get the drain
+/// period to finish on their own (the worker stops waiting for them then).
+async fn tunnel<C, U>(client: C, upstream: U, idle: Duration, timed_out: prometheus::IntCounter)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-        _ = stop.cancelled() => {
-            // On drain, tunnels get the drain period to finish on their own.
-            std::future::pending::<()>().await;
+    let seen = Rc::new(std::cell::Cell::new(tokio::time::Instant::now()));
+    let mut client = Watched::new(client, seen.clone());
+    let mut upstream = Watched::new(upstream, seen.clone());
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(copy);
+    loop {
+        tokio::select! {
+            _ = &mut copy => return,
+            _ = tokio::time::sleep_until(seen.get() + idle) => {
+                if seen.get() + idle <= tokio::time::Instant::now() {
+                    timed_out.inc();
+                    return;
+                }
+            }
         }
     }
 }
@@ -369,7 +382,7 @@ where
                     }
                     return;
                 }
-                _ = first_request.wait(FIRST_REQUEST_GRACE) => {}
+                _ = first_request.wait(DRAIN_GRACE) => {}
             }
             false
         }
@@ -385,9 +398,10 @@ where
     activity.stop();
 }
 
-/// How long a draining worker waits for the first request of a connection
-/// it accepted but has not yet read a request from.
-pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// How long a draining worker waits for the next request of an idle
+/// connection: one it accepted but has no request from yet, or an HTTP/1.1
+/// connection kept alive between two requests.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Whether a connection's first request has arrived.
 #[derive(Default)]

@@ -13,6 +13,7 @@ pub mod client_timeouts;
 pub mod h1;
 pub mod headers;
 pub mod listener;
+pub mod queue;
 pub mod retry;
 pub mod service;
 pub mod stream;

@@ -21,11 +21,12 @@ use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
 use http_body::Body as _;
 
 use super::DataSignal;
-use super::body::{ClientBody, RequestBody, ResponseBody};
+use super::body::{ClientBody, ReadIdle, RequestBody, ResponseBody};
 use super::client_timeouts::{self as activity, Activity};
 use super::h1::client::{Connection, Failure, UpstreamBody};
 use super::headers::{self, Forwarded};
 use super::listener::{ClientUpgrade, Worker};
+use super::queue::{self, InFlight, Refused};
 use super::upstream::{self, UpstreamError};
 use crate::access_log::Record;
 use crate::metrics::{UpstreamErrorKind, VersionMetrics};
@@ -368,22 +369,6 @@ fn retry_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 
-/// Decrements a backend's in-flight count when the request is over.
-pub struct InFlight(Arc<Backend>);
-
-impl InFlight {
-    fn new(backend: &Arc<Backend>) -> Self {
-        backend.inflight.fetch_add(1, Ordering::Relaxed);
-        InFlight(backend.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 async fn forward(
     worker: &Rc<Worker>,
     conn: &Rc<ConnInfo>,
@@ -447,7 +432,19 @@ async fn forward(
     let body = if upgrade || body.is_end_stream() {
         RequestBody::Empty
     } else {
-        RequestBody::Client { inner: body, bytes: bytes_in.clone() }
+        match request_body(worker, snap, body, bytes_in.clone()).await {
+            Ok(body) => body,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                worker.metrics().slow.body_timeout.inc();
+                return ctx
+                    .error(StatusCode::REQUEST_TIMEOUT, "408 Request Timeout: the request body stopped coming\n");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "request body failed");
+                return ctx
+                    .error(StatusCode::BAD_REQUEST, "400 Bad Request: the request body was malformed or incomplete\n");
+            }
+        }
     };
     let limits = &snap.config.retries;
     // A request without a body comes back from a failed attempt: it may be
@@ -469,7 +466,10 @@ async fn forward(
         if ctx.path.is_some() {
             ctx.backend = Some(backend.authority.clone());
         }
-        let inflight = InFlight::new(&backend);
+        let inflight = match queue::admit(&backend, pool, snap.config.timeouts.queue, worker.metrics()).await {
+            Ok(slot) => slot,
+            Err(refused) => return queue_refused(&ctx, refused),
+        };
         match send(worker, &backend, request, &forwarded, snap, fresh).await {
             Ok(resp) => {
                 if backend.failures.load(Ordering::Relaxed) != 0 {
@@ -479,12 +479,17 @@ async fn forward(
                     // The client will not see the failed attempt; the rollout's error rate must.
                     ctx.metrics.hidden_failure();
                 }
-                return respond(ctx, resp, inflight, client_upgrade.map(|c| (c, h2_websocket)), bytes_in);
+                return respond(ctx, resp, inflight, client_upgrade.map(|c| (c, h2_websocket)), bytes_in).await;
             }
             Err(SendError::Client(e)) => {
-                // The client's body broke (malformed, cut short, too long):
-                // neither the backend's fault nor worth a retry.
+                // The client's body broke (malformed, cut short, too long,
+                // too slow): neither the backend's fault nor worth a retry.
                 tracing::debug!(backend = %backend.authority, error = %e, "request body failed");
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    worker.metrics().slow.body_timeout.inc();
+                    return ctx
+                        .error(StatusCode::REQUEST_TIMEOUT, "408 Request Timeout: the request body stopped coming\n");
+                }
                 return ctx
                     .error(StatusCode::BAD_REQUEST, "400 Bad Request: the request body was malformed or incomplete\n");
             }
@@ -545,6 +550,41 @@ async fn forward(
     }
 }
 
+/// The body as it goes to the backend: read ahead into memory up to
+/// `server.request_buffer` (whole when it fits), streamed beyond.
+async fn request_body(
+    worker: &Worker,
+    snap: &Snapshot,
+    body: ClientBody,
+    bytes_in: Rc<Cell<u64>>,
+) -> std::io::Result<RequestBody> {
+    let limit = snap.config.server.request_buffer;
+    let idle = snap.config.timeouts.client_body;
+    let body = if limit == 0 {
+        RequestBody::Client { prefix: None, inner: body, bytes: bytes_in, idle: ReadIdle::new(idle) }
+    } else {
+        super::body::read_ahead(body, limit, idle, bytes_in).await?
+    };
+    match body {
+        RequestBody::Client { .. } => worker.metrics().slow.body_streamed.inc(),
+        _ => worker.metrics().slow.body_buffered.inc(),
+    }
+    Ok(body)
+}
+
+/// A request that got no slot at its backend (`max_connections`).
+fn queue_refused(ctx: &Context<'_>, refused: Refused) -> Response<ResponseBody> {
+    match refused {
+        Refused::QueueFull => {
+            ctx.error(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable: the backend's queue is full\n")
+        }
+        Refused::TimedOut => ctx.error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503 Service Unavailable: no backend connection became free in time\n",
+        ),
+    }
+}
+
 /// Counts a connection failure or reset (and a response timeout, unless the
 /// pool's `eject.timeouts` is off) against the backend; reaching the pool's
 /// `eject.after` asks the control plane to eject it.
@@ -580,7 +620,7 @@ enum SendError {
 }
 
 /// Sends on a pooled connection (unless `fresh`) or a new one, and waits for
-/// the response head within `timeouts.response`.
+/// the response head within `timeouts.response` of the upload's end.
 async fn send(
     worker: &Worker,
     backend: &Arc<Backend>,
@@ -605,25 +645,16 @@ async fn send(
     let failure = |error, request: Option<Box<Request<RequestBody>>>, unsent| {
         SendError::Upstream(Box::new(SendFailure { error, request: request.map(|r| *r), unsent, reused }))
     };
-    match tokio::time::timeout(timeouts.response, conn.send(request, forwarded)).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(Failure::Upstream { error, request, unsent })) => Err(failure(error, request, unsent)),
-        Ok(Err(Failure::Client(e))) => Err(SendError::Client(e)),
-        Err(_) => Err(failure(
-            UpstreamError {
-                kind: UpstreamErrorKind::Timeout,
-                connect: false,
-                detail: format!("no response head within {:?}", timeouts.response),
-            },
-            None,
-            false,
-        )),
+    match conn.send(request, forwarded, timeouts.response).await {
+        Ok(resp) => Ok(resp),
+        Err(Failure::Upstream { error, request, unsent }) => Err(failure(error, request, unsent)),
+        Err(Failure::Client(e)) => Err(SendError::Client(e)),
     }
 }
 
 /// Phase 5: the response to the client. `client_upgrade` is the client side of
 /// a requested upgrade, with whether it is a WebSocket over HTTP/2 (RFC 8441).
-fn respond(
+async fn respond(
     ctx: Context<'_>,
     resp: Response<UpstreamBody>,
     inflight: InFlight,
@@ -662,10 +693,12 @@ fn respond(
     }
     let status = parts.status;
     let worker = ctx.worker.clone();
-    let finish = Finish {
+    let backend = inflight.backend().authority.clone();
+    let mut finish = Finish {
         worker: worker.clone(),
         conn: ctx.conn.clone(),
-        inflight,
+        backend_id: inflight.backend().id,
+        inflight: Some(inflight),
         metrics: ctx.metrics.clone(),
         status: status.as_u16(),
         start: ctx.start,
@@ -682,7 +715,17 @@ fn respond(
         finish.done(true, 0, body.take_connection());
         ResponseBody::empty()
     } else {
-        ResponseBody::Upstream { inner: body, bytes: 0, finish: Some(finish) }
+        // Read ahead of a slow client, so that a short answer frees its
+        // backend connection (and slot) at once.
+        let config = &ctx.snap.config;
+        let delimited = body.size_hint().exact().is_some();
+        let ahead =
+            super::body::read_ahead_response(&mut body, config.server.response_buffer, config.timeouts.response).await;
+        if body.is_end_stream() {
+            worker.metrics().slow.response_buffered.inc();
+            finish.release(body.take_connection());
+        }
+        ResponseBody::Upstream { inner: body, ahead, delimited, bytes: 0, finish: Some(finish) }
     };
     let mut out = Response::from_parts(parts, body);
     if let Some(key) = ctx.new_key {
@@ -696,8 +739,9 @@ fn respond(
 pub struct Finish {
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
-    /// Held until the response ends: the backend's in-flight count.
-    inflight: InFlight,
+    backend_id: u64,
+    /// Held until the backend's part ends: its in-flight count (its slot).
+    inflight: Option<InFlight>,
     metrics: Arc<VersionMetrics>,
     status: u16,
     start: Instant,
@@ -728,9 +772,18 @@ impl Finish {
         }
     }
 
-    pub fn done(self, complete: bool, bytes_out: u64, backend: Option<Box<Connection>>) {
+    /// The backend's part is over (the body was read whole ahead of the
+    /// client): its connection back to the pool, its slot freed.
+    pub fn release(&mut self, backend: Option<Box<Connection>>) {
+        if let Some(c) = backend {
+            self.worker.connections.put(self.backend_id, c);
+        }
+        self.inflight = None;
+    }
+
+    pub fn done(mut self, complete: bool, bytes_out: u64, backend: Option<Box<Connection>>) {
         if complete && let Some(c) = backend {
-            self.worker.connections.put(self.inflight.0.id, c);
+            self.worker.connections.put(self.backend_id, c);
         }
         let elapsed = self.start.elapsed();
         self.metrics.response(self.status, elapsed.as_secs_f64());

@@ -40,7 +40,8 @@ impl Connections {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&backend)?;
         while let Some(mut c) = list.pop() {
-            if c.since.elapsed() < max_idle && c.conn.idle_usable() {
+            if c.since.elapsed() < max_idle && c.conn.reusable_now() {
+                c.conn.reused = true;
                 return Some(c.conn);
             }
         }

@@ -42,12 +42,20 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_FIELDS: usize = 128;
 /// Request body data gathered before it is written.
 const GATHER: usize = 16 * 1024;
+/// How long a pooled connection that ended without an answer is watched
+/// for the reset that shows the backend discarded the request unread.
+const RESET_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// An open HTTP/1.1 connection to a backend.
 pub struct Connection {
     io: UpstreamIo,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
+    /// The connection carried an earlier request (it came from the pool).
+    pub reused: bool,
+    /// The backend reset the connection (a read failed with a reset, or the
+    /// socket holds one after the end of the stream).
+    peer_reset: bool,
 }
 
 /// Why a request got no response head.
@@ -69,6 +77,11 @@ impl Failure {
 
 fn protocol(detail: impl Into<String>) -> UpstreamError {
     UpstreamError { kind: UpstreamErrorKind::Protocol, connect: false, detail: detail.into() }
+}
+
+fn timeout(limit: std::time::Duration) -> UpstreamError {
+    let detail = format!("no response head within {limit:?} of the request's end");
+    UpstreamError { kind: UpstreamErrorKind::Timeout, connect: false, detail }
 }
 
 fn reset(detail: impl Into<String>) -> UpstreamError {
@@ -101,7 +114,7 @@ pub(super) struct Head {
 
 impl Connection {
     pub fn new(io: UpstreamIo) -> Connection {
-        Connection { io, buf: BytesMut::new() }
+        Connection { io, buf: BytesMut::new(), reused: false, peer_reset: false }
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` is the end of the stream.
@@ -113,8 +126,9 @@ impl Connection {
     }
 
     /// Whether an idle connection can take a request: still open, and the
-    /// backend sent nothing unasked. Does not wait (and, for plain TCP, makes
-    /// no system call unless the socket was reported readable).
+    /// backend sent nothing unasked. Does not wait, and makes no system call
+    /// unless the socket was reported readable: the reactor may not have
+    /// seen a close that already arrived (see [`Connection::reusable_now`]).
     pub fn idle_usable(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
@@ -125,13 +139,69 @@ impl Connection {
         self.poll_fill(&mut Context::from_waker(Waker::noop())).is_pending()
     }
 
+    /// [`Connection::idle_usable`], then the kernel asked directly (a
+    /// non-blocking peek on the socket): a FIN, a reset or bytes that
+    /// arrived since the reactor last looked make the connection unusable.
+    /// Checked right before a request is written, so that a request is not
+    /// sent on a connection the backend has already closed.
+    pub fn reusable_now(&mut self) -> bool {
+        if !self.idle_usable() {
+            return false;
+        }
+        let tcp = self.tcp();
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // The socket is non-blocking: an open, quiet connection answers WouldBlock.
+        // (Bytes under TLS that rustls would take in silently, such as a late
+        // session ticket, also count as unusable: the cost is one new connection.)
+        matches!(socket2::SockRef::from(tcp).peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    fn tcp(&self) -> &tokio::net::TcpStream {
+        match &self.io {
+            crate::proxy::stream::MaybeTls::Plain(tcp) => tcp,
+            crate::proxy::stream::MaybeTls::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// After the end of the stream: whether a reset followed the backend's
+    /// FIN (the socket's pending error), as happens when bytes reach a
+    /// backend socket that is already closed.
+    fn reset_after_close(&mut self) -> bool {
+        let pending = socket2::SockRef::from(self.tcp()).take_error();
+        self.peer_reset |= matches!(pending, Ok(Some(_)));
+        self.peer_reset
+    }
+
+    /// The backend provably never read the request: a pooled connection
+    /// that it reset before any byte of an answer. An HTTP server resets a
+    /// connection it closes with unread bytes in its socket (or when bytes
+    /// arrive after it closed): our request, which it never parsed. A reset
+    /// answers our bytes one round trip after they left, so after a plain
+    /// end of stream it is waited for, briefly ([`RESET_WAIT`]).
+    async fn request_discarded(&mut self) -> bool {
+        if !self.reused || !self.buf.is_empty() {
+            return false;
+        }
+        if self.reset_after_close() {
+            return true;
+        }
+        let error = self.tcp().ready(tokio::io::Interest::ERROR);
+        let _ = tokio::time::timeout(RESET_WAIT, error).await;
+        self.reset_after_close()
+    }
+
     /// Sends `request` and waits for the final response head; interim 1xx
     /// responses other than 101 are dropped. The response body holds the
     /// connection from then on.
+    ///
+    /// `response` bounds the wait for the head from the end of the upload
+    /// (a slow upload is the client's time, bounded by its own timeout), and
+    /// a backend that takes none of the request for that long.
     pub async fn send(
         mut self: Box<Self>,
         request: Request<RequestBody>,
         forwarded: &Forwarded<'_>,
+        response: std::time::Duration,
     ) -> Result<Response<UpstreamBody>, Failure> {
         let head_request = request.method() == Method::HEAD;
         let mut out = Out::take();
@@ -146,16 +216,20 @@ impl Connection {
         out.0.drain(..written);
         let (parts, mut body) = request.into_parts();
         let exchange = async {
-            let complete = self.send_body(&mut body, sending, &mut out.0).await?;
-            let head = self.read_head(head_request).await.map_err(Failure::upstream)?;
+            let complete = self.send_body(&mut body, sending, &mut out.0, response).await?;
+            let head = match tokio::time::timeout(response, self.read_head(head_request)).await {
+                Ok(head) => head.map_err(Failure::upstream)?,
+                Err(_) => return Err(Failure::upstream(timeout(response))),
+            };
             Ok((complete, head))
         };
         let (complete, head) = match exchange.await {
             Ok(done) => done,
-            // A request without a body is still whole.
-            Err(Failure::Upstream { error, .. }) if matches!(body, RequestBody::Empty) => {
-                let request = Some(Box::new(Request::from_parts(parts, body)));
-                return Err(Failure::Upstream { error, request, unsent: false });
+            Err(Failure::Upstream { error, .. }) => {
+                let unsent = error.kind == UpstreamErrorKind::Reset && self.request_discarded().await;
+                // A request without a body, or with one read whole, is still whole.
+                let request = body.rewind().then(|| Box::new(Request::from_parts(parts, body)));
+                return Err(Failure::Upstream { error, request, unsent });
             }
             Err(failure) => return Err(failure),
         };
@@ -184,10 +258,14 @@ impl Connection {
         body: &mut RequestBody,
         sending: Sending,
         out: &mut Vec<u8>,
+        stall: std::time::Duration,
     ) -> Result<bool, Failure> {
         let mut at = 0;
         let mut sent = 0u64;
         let mut ended = sending == Sending::None;
+        // Armed while the backend takes none of the request; made on first need.
+        let mut stalled: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut armed = false;
         poll_fn(|cx| {
             loop {
                 while at < out.len() {
@@ -195,7 +273,10 @@ impl Connection {
                         Poll::Ready(Ok(0)) => {
                             return Poll::Ready(Err(Failure::upstream(reset("backend stopped reading"))));
                         }
-                        Poll::Ready(Ok(n)) => at += n,
+                        Poll::Ready(Ok(n)) => {
+                            at += n;
+                            armed = false;
+                        }
                         Poll::Ready(Err(e)) => {
                             return Poll::Ready(Err(Failure::upstream(reset(format!("writing the request: {e}")))));
                         }
@@ -228,6 +309,17 @@ impl Connection {
                     Poll::Pending => {}
                 }
                 if blocked {
+                    let deadline = tokio::time::Instant::now() + stall;
+                    let timer = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if !armed {
+                        timer.as_mut().reset(deadline);
+                        armed = true;
+                    }
+                    if std::future::Future::poll(timer.as_mut(), cx).is_ready() {
+                        let detail = format!("backend took none of the request for {stall:?}");
+                        let error = UpstreamError { kind: UpstreamErrorKind::Timeout, connect: false, detail };
+                        return Poll::Ready(Err(Failure::upstream(error)));
+                    }
                     return Poll::Pending;
                 }
                 match Pin::new(&mut *body).poll_frame(cx) {
@@ -312,7 +404,10 @@ impl Connection {
                 Ok(0) if self.buf.is_empty() => return Err(reset("backend closed the connection without a response")),
                 Ok(0) => return Err(protocol("backend closed the connection within the response head")),
                 Ok(_) => {}
-                Err(e) => return Err(reset(format!("reading the response: {e}"))),
+                Err(e) => {
+                    self.peer_reset |= e.kind() == io::ErrorKind::ConnectionReset;
+                    return Err(reset(format!("reading the response: {e}")));
+                }
             }
         }
     }
@@ -604,7 +699,7 @@ impl UpstreamBody {
     /// whatever the backend already sent after its head.
     pub fn take_tunnel(&mut self) -> Option<Rewind<UpstreamIo>> {
         let conn = self.conn.take()?;
-        let Connection { io, buf } = *conn;
+        let Connection { io, buf, .. } = *conn;
         Some(Rewind::new(buf.freeze(), io))
     }
 }

@@ -22,7 +22,7 @@ mod parse;
 mod write;
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -93,6 +93,10 @@ pub struct Conn {
     /// Part of the current request's body was read (forwarded): what is
     /// left of it, if abandoned, is not drained but closes the connection.
     body_started: Cell<bool>,
+    /// `timeouts.client_send`: the longest a write may wait for the client
+    /// to take bytes; `send_timed_out` says it ran out.
+    send_timeout: Cell<Duration>,
+    send_timed_out: Cell<bool>,
 }
 
 fn closed() -> io::Error {
@@ -112,6 +116,8 @@ impl Conn {
             shut: Cell::new(false),
             bodies: Cell::new(0),
             body_started: Cell::new(false),
+            send_timeout: Cell::new(Duration::from_secs(60)),
+            send_timed_out: Cell::new(false),
         }
     }
 
@@ -164,7 +170,7 @@ impl Conn {
 
     async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let n = poll_fn(|cx| self.with_io(|io| io.poll_write(cx, data))).await?;
+            let n = self.in_time(poll_fn(|cx| self.with_io(|io| io.poll_write(cx, data)))).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -174,7 +180,19 @@ impl Conn {
     }
 
     async fn flush(&self) -> io::Result<()> {
-        poll_fn(|cx| self.with_io(|io| io.poll_flush(cx))).await
+        self.in_time(poll_fn(|cx| self.with_io(|io| io.poll_flush(cx)))).await
+    }
+
+    /// One write to the client, within `timeouts.client_send` (a client that
+    /// stops reading is cut off, as nginx's `send_timeout` does).
+    async fn in_time<R>(&self, write: impl Future<Output = io::Result<R>>) -> io::Result<R> {
+        match tokio::time::timeout(self.send_timeout.get(), write).await {
+            Ok(done) => done,
+            Err(_) => {
+                self.send_timed_out.set(true);
+                Err(io::Error::new(io::ErrorKind::TimedOut, "the client took no bytes within timeouts.client_send"))
+            }
+        }
     }
 
     /// Writes the interim `100 Continue` the client waits for before it
@@ -281,7 +299,7 @@ impl Conn {
     /// Waits for the first bytes of the next request, as long as `idle`
     /// allows. The connection's timer is only reset when it fires early, not
     /// once per request.
-    async fn first_bytes(&self, idle: Duration, first: bool, timers: &mut Timers) -> bool {
+    async fn first_bytes(&self, idle: Duration, timers: &mut Timers) -> bool {
         let until = Instant::now() + idle;
         let wait = async {
             // A plain TCP connection waits without a buffer.
@@ -301,10 +319,12 @@ impl Conn {
                     timers.idle.as_mut().reset(until);
                 }
                 _ = timers.stop.as_mut() => {
-                    // A connection accepted just before a drain gets a moment
-                    // for its first request, which is then answered and closed.
-                    return first
-                        && tokio::time::timeout(listener::FIRST_REQUEST_GRACE, &mut wait).await.unwrap_or(false);
+                    // On a drain, an idle connection (new, or kept alive)
+                    // gets a moment for its next request, which is answered
+                    // with `Connection: close`: a client that sent it as the
+                    // drain began is not cut off. Only a connection idle for
+                    // the whole grace is closed unasked.
+                    return tokio::time::timeout(listener::DRAIN_GRACE, &mut wait).await.unwrap_or(false);
                 }
             }
         }
@@ -472,19 +492,21 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
     if stream.alpn_h2() {
         return listener::serve_h2(stream, peer, tls, worker).await;
     }
-    let (idle, header) = {
+    let (idle, header, send) = {
         let snap = worker.snapshot();
-        (snap.config.timeouts.client_idle, snap.config.timeouts.client_header)
+        let t = &snap.config.timeouts;
+        (t.client_idle, t.client_header, t.client_send)
     };
     let info = Rc::new(ConnInfo::new(peer, tls, Arc::new(Activity::default())));
     let conn = Rc::new(Conn::new(stream));
+    conn.send_timeout.set(send);
     let mut served = 0u64;
     let mut timers =
         Timers { idle: Box::pin(tokio::time::sleep(idle)), stop: Box::pin(worker.stop_token().cancelled_owned()) };
     let linger = 'conn: loop {
         if conn.buf.borrow().is_empty() {
             conn.release_buffer();
-            if !conn.first_bytes(idle, served == 0, &mut timers).await {
+            if !conn.first_bytes(idle, &mut timers).await {
                 break false;
             }
         }
@@ -582,7 +604,12 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
             // Bytes the client sent on (a pipelined request, a body) would
             // turn the close into a reset: linger for them.
             Written::Close => break !conn.decoder.get().is_done() || !conn.buf.borrow().is_empty(),
-            Written::Failed => break false,
+            Written::Failed => {
+                if conn.send_timed_out.get() {
+                    worker.metrics().slow.send_timeout.inc();
+                }
+                break false;
+            }
             Written::Upgraded => return,
         }
         // The next head comes after this request's body: read what nobody
