@@ -693,7 +693,10 @@ async fn respond(
     }
     let status = parts.status;
     let worker = ctx.worker.clone();
-    let backend = inflight.backend().authority.clone();
+    let backend = &inflight.backend().authority;
+    let log = ctx.path.clone().map(|path| {
+        Box::new(Pending { method: ctx.method.clone(), path, reason: ctx.reason, backend: backend.clone() })
+    });
     let mut finish = Finish {
         worker: worker.clone(),
         conn: ctx.conn.clone(),
@@ -702,7 +705,7 @@ async fn respond(
         metrics: ctx.metrics.clone(),
         status: status.as_u16(),
         start: ctx.start,
-        log: ctx.path.clone().map(|path| Box::new(Pending { method: ctx.method.clone(), path, reason: ctx.reason })),
+        log,
         failed: Cell::new(false),
         bytes_in,
     };
@@ -757,6 +760,8 @@ struct Pending {
     method: Method,
     path: PathAndQuery,
     reason: Option<Reason>,
+    /// Kept here: the backend's slot may be released before the body ends.
+    backend: Arc<str>,
 }
 
 impl Finish {
@@ -781,7 +786,7 @@ impl Finish {
         self.inflight = None;
     }
 
-    pub fn done(mut self, complete: bool, bytes_out: u64, backend: Option<Box<Connection>>) {
+    pub fn done(self, complete: bool, bytes_out: u64, backend: Option<Box<Connection>>) {
         if complete && let Some(c) = backend {
             self.worker.connections.put(self.backend_id, c);
         }
@@ -796,7 +801,7 @@ impl Finish {
                 route: Some(self.metrics.route()),
                 version: Some(self.metrics.version()),
                 reason: pending.reason,
-                backend: Some(&self.inflight.0.authority),
+                backend: Some(&pending.backend),
                 duration: elapsed,
                 bytes_in: self.bytes_in.get(),
                 bytes_out,
