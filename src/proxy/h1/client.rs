@@ -278,6 +278,10 @@ impl Connection {
                             armed = false;
                         }
                         Poll::Ready(Err(e)) => {
+                            // The write took the socket's pending reset (a FIN
+                            // that raced the head, then the reset our head drew).
+                            self.peer_reset |=
+                                matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset);
                             return Poll::Ready(Err(Failure::upstream(reset(format!("writing the request: {e}")))));
                         }
                         Poll::Pending => break,
