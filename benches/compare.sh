@@ -13,17 +13,24 @@
 # sys) per request.
 #
 # Usage: benches/compare.sh [section...]    sections: http tls h2 idle reload
-#                                           http-log http-stdout
-#                                           (default: all but the log ones)
+#                                           http-log http-stdout http-fleet
+#                                           (default: all but the log and fleet ones)
 #   http-log:    as http, every proxy writes a JSON line per request to a
 #                file (nginx: buffer=64k flush=1s; HAProxy: log to stdout,
 #                redirected to the file); lines lost are counted.
 #   http-stdout: as http, cutover with its default access log (JSON to
 #                standard output, here redirected to a file); nginx and
 #                HAProxy without a log, as in the http section.
+#   http-fleet:  as http, cutover alone, against cutover with a [fleet]
+#                section (lease 5s, a fresh prefix each run) on a local etcd
+#                that the script starts on LOAD_CPU; both with a one-step
+#                rollout at 5% running (so the fleet replica drives it and
+#                publishes its window counters); the ratios are to plain
+#                cutover. Needs `etcd`.
 # Settings (environment): ROUNDS=3 DURATION=10 WARMUP=2 CONNS=64 H2_CONNS=16
 #   H2_STREAMS=10 IDLE_CONNS=10000 RELOADS=5 PROXY_CPU=0 LOAD_CPU=1
 #   BASE_PORT=18000 CUTOVER=target/release/cutover PROXIES="cutover nginx haproxy"
+#   (http-fleet also uses BASE_PORT+110 and +111 for etcd)
 # Nothing is installed: missing tools are named with the command to install them.
 set -euo pipefail
 
@@ -49,12 +56,13 @@ STABLE=$((BASE_PORT + 81))
 CANARY=$((BASE_PORT + 82))
 
 missing=()
-for tool in nginx haproxy wrk h2load taskset python3 openssl; do
+for tool in nginx haproxy wrk h2load taskset python3 openssl curl; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
+[[ " $SECTIONS " == *" http-fleet "* ]] && ! command -v etcd >/dev/null && missing+=(etcd)
 if ((${#missing[@]})); then
     echo "missing: ${missing[*]}" >&2
-    echo "install with: apt-get install -y nginx haproxy wrk nghttp2-client util-linux python3 openssl" >&2
+    echo "install with: apt-get install -y nginx haproxy wrk nghttp2-client util-linux python3 openssl curl etcd-server" >&2
     exit 1
 fi
 if [[ ! -x $CUTOVER ]]; then
@@ -80,7 +88,7 @@ cleanup() {
 trap cleanup EXIT
 
 port_of() { # proxy -> plain port
-    case $1 in cutover) echo $((BASE_PORT + 80)) ;; nginx) echo $((BASE_PORT + 90)) ;; haproxy) echo $((BASE_PORT + 100)) ;; esac
+    case $1 in cutover | cutover-fleet) echo $((BASE_PORT + 80)) ;; nginx) echo $((BASE_PORT + 90)) ;; haproxy) echo $((BASE_PORT + 100)) ;; esac
 }
 tls_port_of() { echo $(($(port_of "$1") + 363)); }
 
@@ -130,9 +138,11 @@ mem_kb() { # pid field(VmHWM|VmRSS) -> sum over the process tree, KiB
 PROXY_PID=
 start_proxy() { # proxy
     case $1 in
-        cutover)
+        cutover | cutover-fleet)
             render cutover.toml
             rm -f "$WORK/state.json"
+            [[ $1 == cutover-fleet ]] && printf '\n[fleet]\netcd = ["http://127.0.0.1:%s"]\nprefix = "/cutover/bench-%s"\nname = "bench"\nlease = "5s"\n' \
+                "$ETCD_PORT" "$(date +%s%N)" >>"$WORK/cutover.toml"
             local out=$WORK/cutover.out
             case $LOGGING in
                 file) sed -i "s|^access = \"off\"|access = \"json\"\naccess_path = \"$WORK/access-cutover.log\"|" "$WORK/cutover.toml" ;;
@@ -165,6 +175,42 @@ start_proxy() { # proxy
     PIDS+=("$PROXY_PID")
     wait_port "$(port_of "$1")"
     wait_port "$(tls_port_of "$1")"
+    [[ $1 == cutover-fleet ]] && wait_fleet
+    return 0
+}
+
+ETCD_PORT=$((BASE_PORT + 110))
+start_etcd() { # a one-member etcd for the http-fleet section, on LOAD_CPU
+    taskset -c "$LOAD_CPU" etcd --name bench --data-dir "$WORK/etcd" \
+        --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --initial-cluster "bench=http://127.0.0.1:$((ETCD_PORT + 1))" >"$WORK/etcd.log" 2>&1 &
+    PIDS+=("$!")
+    wait_port "$ETCD_PORT"
+}
+
+start_rollout() { # proxy: a one-step rollout at the configured 5% for an hour
+    local answer
+    answer=$(curl -s -w ' %{http_code}' --unix-socket "$WORK/admin.sock" -X POST -H 'content-type: application/json' \
+        -d '{"steps": [5], "interval": "1h"}' http://cutover/v1/routes/web/rollout)
+    [[ $answer == *" 200" ]] || { echo "the rollout was refused: $answer" >&2; return 1; }
+    [[ $1 == cutover ]] && return 0
+    for _ in $(seq 200); do # until this replica drives it
+        curl -s --unix-socket "$WORK/admin.sock" http://cutover/v1/fleet | grep -Eq '"web": ?"bench"' && return 0
+        sleep 0.05
+    done
+    echo "no driver: $(curl -s --unix-socket "$WORK/admin.sock" http://cutover/v1/fleet)" >&2
+    return 1
+}
+
+wait_fleet() { # until the proxy is connected to etcd (measured in fleet mode, not beside it)
+    for _ in $(seq 200); do
+        curl -s --unix-socket "$WORK/admin.sock" http://cutover/v1/fleet | grep -Eq '"connected": ?true' && return 0
+        sleep 0.05
+    done
+    echo "cutover did not connect to etcd: $(curl -s --unix-socket "$WORK/admin.sock" http://cutover/v1/fleet)" >&2
+    return 1
 }
 
 stop_proxy() {
@@ -241,11 +287,14 @@ by = {}
 for r in rows:
     by.setdefault(r[1], []).append(r)
 med = lambda rs, i: statistics.median(float(r[i]) for r in rs)
-base = med(by["nginx"], 3) if "nginx" in by else None
+# The baseline the ratios are to: nginx, or plain cutover in the fleet section.
+base_name = "cutover" if section == "http-fleet" else "nginx"
+base = med(by[base_name], 3) if base_name in by else None
 latency = ("mean ms", "max ms") if section == "h2" else ("p50 ms", "p99 ms")
 logged = section in ("http-log", "http-stdout")
 print(f"| {section} | req/s | {latency[0]} | {latency[1]} | errors | peak RSS MiB | req per proxy CPU-s "
-      "| CPU µs/req | user µs/req | sys µs/req | req/s vs nginx | p99 vs nginx | CPU/req vs nginx |"
+      "| CPU µs/req | user µs/req | sys µs/req "
+      f"| req/s vs {base_name} | p99 vs {base_name} | CPU/req vs {base_name} |"
       + (" log lines lost |" if logged else ""))
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if logged else ""))
 def per_request(rs, i):
@@ -255,8 +304,8 @@ def per_request(rs, i):
 def cpu_per_request(rs):
     values = [float(r[8]) * 1e6 / (float(r[3]) * duration) for r in rs if float(r[3]) > 0]
     return statistics.median(values) if values else None
-base_cpu = cpu_per_request(by["nginx"]) if "nginx" in by else None
-base_p99 = med(by["nginx"], 5) if "nginx" in by else None
+base_cpu = cpu_per_request(by[base_name]) if base_name in by else None
+base_p99 = med(by[base_name], 5) if base_name in by else None
 for proxy, rs in by.items():
     rps = med(rs, 3)
     cpu = [float(r[3]) * duration / float(r[8]) for r in rs if float(r[8]) > 0]
@@ -278,12 +327,14 @@ load_section() { # section
     echo "== $1: ${ROUNDS} interleaved rounds of ${DURATION}s (after ${WARMUP}s warm-up) =="
     local round proxies p
     read -ra proxies <<<"$PROXIES"
+    [[ $1 == http-fleet ]] && proxies=(cutover cutover-fleet)
     case $1 in http-log) LOGGING=file ;; http-stdout) LOGGING=stdout ;; *) LOGGING=off ;; esac
     for round in $(seq "$ROUNDS"); do
         for i in "${!proxies[@]}"; do
             p=${proxies[$(((i + round - 1) % ${#proxies[@]}))]}
             rm -f "$WORK/access-$p.log"
             start_proxy "$p"
+            [[ $1 == http-fleet ]] && start_rollout "$p"
             measure "$1" "$p" "$round"
             stop_proxy
             log_lines "$1" "$p" "$round"
@@ -393,6 +444,7 @@ echo "work dir: $WORK"
 for section in $SECTIONS; do
     case $section in
         http | tls | h2 | http-log | http-stdout) load_section "$section" ;;
+        http-fleet) start_etcd && load_section "$section" ;;
         idle) idle_section ;;
         reload) reload_section ;;
         *) echo "unknown section: $section" >&2 ;;
