@@ -399,12 +399,8 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
     if client_version == HttpVersion::HTTP_2 {
+        // Host was settled in the head phase (headers::h2_host).
         headers::join_cookies(&mut parts.headers);
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, authority);
-        }
     }
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     if h2_websocket {
