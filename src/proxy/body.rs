@@ -122,12 +122,16 @@ pub async fn read_ahead(
     idle: Duration,
     bytes: Rc<Cell<u64>>,
 ) -> Result<RequestBody, io::Error> {
-    let mut data = BytesMut::new();
+    // A body of one chunk (the common case) is handed on as it came; only
+    // a second chunk makes a copy into `buf`.
+    let mut data = Bytes::new();
+    let mut buf = BytesMut::new();
+    let take = |data: Bytes, buf: BytesMut| if buf.is_empty() { data } else { buf.freeze() };
     loop {
         let frame = std::future::poll_fn(|cx| Pin::new(&mut inner).poll_frame(cx));
         match tokio::time::timeout(idle, frame).await {
             Err(_) => return Err(body_timeout()),
-            Ok(None) => return Ok(RequestBody::Whole { data: data.freeze(), sent: false }),
+            Ok(None) => return Ok(RequestBody::Whole { data: take(data, buf), sent: false }),
             Ok(Some(Err(e))) => {
                 let kind = match e.downcast_ref::<io::Error>().map(io::Error::kind) {
                     Some(io::ErrorKind::InvalidData) => io::ErrorKind::InvalidData,
@@ -139,12 +143,19 @@ pub async fn read_ahead(
                 // Request trailers are dropped (RFC 9112 §7.1.2 allows it).
                 let Ok(chunk) = frame.into_data() else { continue };
                 bytes.set(bytes.get() + chunk.len() as u64);
-                data.extend_from_slice(&chunk);
-                if inner.is_end_stream() {
-                    return Ok(RequestBody::Whole { data: data.freeze(), sent: false });
+                if data.is_empty() && buf.is_empty() {
+                    data = chunk;
+                } else {
+                    if !data.is_empty() {
+                        buf.extend_from_slice(&std::mem::take(&mut data));
+                    }
+                    buf.extend_from_slice(&chunk);
                 }
-                if data.len() > limit {
-                    let prefix = Some(data.freeze());
+                if inner.is_end_stream() {
+                    return Ok(RequestBody::Whole { data: take(data, buf), sent: false });
+                }
+                if data.len() + buf.len() > limit {
+                    let prefix = Some(take(data, buf));
                     return Ok(RequestBody::Client { prefix, inner, bytes, idle: ReadIdle::new(idle) });
                 }
             }
