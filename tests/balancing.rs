@@ -64,34 +64,7 @@ impl Drop for Broken {
 /// One route over a single pool `stable` with `backends`; `pool_keys` and
 /// `extra` are added to the pool and to the top of the file.
 fn config(backends: &[SocketAddr], pool_keys: &str, extra: &str) -> String {
-    let list = backends.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
-    format!(
-        r#"
-[server]
-listen = ["127.0.0.1:0"]
-workers = 1
-drain_timeout = "2s"
-
-[admin]
-listen = "unix:{{dir}}/admin.sock"
-
-[state]
-path = "{{dir}}/state.json"
-
-[log]
-access = "off"
-
-{extra}
-
-[[routes]]
-name = "web"
-stable = "stable"
-
-[pools.stable]
-backends = [{list}]
-{pool_keys}
-"#
-    )
+    common::pool_config(backends, pool_keys, None, extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

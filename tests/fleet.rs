@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
-use common::{Backend, Proxy, get, two_pool_config};
+use common::{Backend, Proxy, get, two_pool_config, until};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -97,24 +97,6 @@ impl Fleet {
             let ok = until(WAIT, || async { check(&self.route(i).await) }).await;
             assert!(ok, "replica {i}: {what} not reached: {}", self.route(i).await);
         }
-    }
-}
-
-/// Polls an async check every 20 ms until it holds or `limit` passes.
-async fn until<F, Fut>(limit: Duration, check: F) -> bool
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
-use common::{Backend, Binary, get, two_pool_config};
+use common::{Backend, Binary, get, two_pool_config, until};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -67,24 +67,6 @@ impl Replica {
     /// Who drives the `web` rollout, by this replica's `/v1/fleet`.
     async fn driver(&self) -> Option<String> {
         self.get_ok("/v1/fleet").await["drivers"]["web"].as_str().map(str::to_string)
-    }
-}
-
-/// Polls an async check every 20 ms until it holds or `limit` passes.
-async fn until<F, Fut>(limit: Duration, check: F) -> bool
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

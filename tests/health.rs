@@ -218,50 +218,6 @@ async fn closed_after(stream: &mut TcpStream) -> Duration {
     }
 }
 
-/// A config with one route `web`: stable pool `stable`, optional canary pool
-/// `canary`, each with extra pool keys; `extra` is appended at the top level.
-fn config(stable: &[SocketAddr], stable_keys: &str, canary: Option<(SocketAddr, &str)>, extra: &str) -> String {
-    let list = |addrs: &[SocketAddr]| addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
-    let (route_canary, canary_pool) = match canary {
-        Some((addr, keys)) => (
-            "canary = \"canary\"\nweight = 50".to_string(),
-            format!("[pools.canary]\nbackends = [\"{addr}\"]\n{keys}\n"),
-        ),
-        None => (String::new(), String::new()),
-    };
-    format!(
-        r#"
-[server]
-listen = ["127.0.0.1:0"]
-workers = 1
-drain_timeout = "2s"
-
-[admin]
-listen = "unix:{{dir}}/admin.sock"
-
-[state]
-path = "{{dir}}/state.json"
-
-[log]
-access = "off"
-
-{extra}
-
-[[routes]]
-name = "web"
-stable = "stable"
-{route_canary}
-
-[pools.stable]
-backends = [{stable}]
-{stable_keys}
-
-{canary_pool}
-"#,
-        stable = list(stable)
-    )
-}
-
 const FAST_CHECKS: &str =
     r#"health = { path = "/healthz", interval = "100ms", timeout = "100ms", unhealthy_after = 1, healthy_after = 1 }"#;
 
@@ -324,7 +280,7 @@ async fn gets_while_killing(proxy: &Proxy, victim: &Killable, n: usize) -> Vec<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_of_two_stable_backends_loses_no_request_with_passive_ejection_only() {
     let (a, b) = (Killable::start("a").await, Killable::start("b").await);
-    let proxy = Proxy::start(&config(&[a.addr, b.addr], "eject = { base = \"30s\", max = \"60s\" }", None, ""));
+    let proxy = Proxy::start(&pool_config(&[a.addr, b.addr], "eject = { base = \"30s\", max = \"60s\" }", None, ""));
     let results = gets_while_killing(&proxy, &b, 90).await;
     let errors: Vec<_> = results.iter().filter(|(s, _)| *s != StatusCode::OK).collect();
     assert!(errors.is_empty(), "client errors: {errors:?}");
@@ -341,7 +297,7 @@ async fn killing_one_of_two_stable_backends_loses_no_request_with_passive_ejecti
 async fn killing_one_of_two_stable_backends_loses_no_request_with_active_checks() {
     let (a, b) = (Killable::start("a").await, Killable::start("b").await);
     let keys = r#"health = { path = "/healthz", interval = "100ms", timeout = "100ms", unhealthy_after = 2, healthy_after = 1 }"#;
-    let proxy = Proxy::start(&config(&[a.addr, b.addr], keys, None, ""));
+    let proxy = Proxy::start(&pool_config(&[a.addr, b.addr], keys, None, ""));
     let results = gets_while_killing(&proxy, &b, 90).await;
     let errors: Vec<_> = results.iter().filter(|(s, _)| *s != StatusCode::OK).collect();
     assert!(errors.is_empty(), "client errors: {errors:?}");
@@ -362,7 +318,7 @@ async fn killing_one_of_two_stable_backends_loses_no_request_with_active_checks(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_pool_down_serves_its_users_from_stable_with_the_cookie_unchanged_then_back_on_canary() {
     let (stable, canary) = (Killable::start("stable").await, Killable::start("canary").await);
-    let proxy = Proxy::start(&config(&[stable.addr], "", Some((canary.addr, FAST_CHECKS)), ""));
+    let proxy = Proxy::start(&pool_config(&[stable.addr], "", Some((canary.addr, FAST_CHECKS)), ""));
     let users: Vec<String> = (0u64..)
         .map(|i| format!("{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
         .filter(|k| cutover::routing::hash::bucket("web", k.as_bytes()) < 5000)
@@ -396,7 +352,7 @@ async fn canary_pool_down_serves_its_users_from_stable_with_the_cookie_unchanged
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_that_never_answers_gets_504_within_the_response_timeout() {
     let silent = Raw::start(Answer::Never).await;
-    let proxy = Proxy::start(&config(&[silent.addr], "", None, "[timeouts]\nresponse = \"500ms\""));
+    let proxy = Proxy::start(&pool_config(&[silent.addr], "", None, "[timeouts]\nresponse = \"500ms\""));
     let start = Instant::now();
     let got = get(proxy.addr(), "/", &[]).await;
     let elapsed = start.elapsed();
@@ -431,7 +387,7 @@ async fn upstream_closing_idle_keep_alive_after_1s_causes_no_errors() {
             });
         }
     });
-    let proxy = Proxy::start(&config(&[addr], "", None, ""));
+    let proxy = Proxy::start(&pool_config(&[addr], "", None, ""));
     let mut client = Client::connect(proxy.addr()).await;
     for gap_ms in [0, 900, 950, 980, 1000, 1000, 1020, 1050, 1100] {
         tokio::time::sleep(Duration::from_millis(gap_ms)).await;
@@ -447,7 +403,7 @@ async fn upstream_closing_idle_keep_alive_after_1s_causes_no_errors() {
 async fn retry_budget_stops_a_retry_storm() {
     let (x, y) = (Raw::start(Answer::HangUp).await, Raw::start(Answer::HangUp).await);
     let extra = "[retries]\nbudget_ratio = 0.1\nbudget_min_per_sec = 0";
-    let proxy = Proxy::start(&config(&[x.addr, y.addr], "eject = { after = 1000000 }", None, extra));
+    let proxy = Proxy::start(&pool_config(&[x.addr, y.addr], "eject = { after = 1000000 }", None, extra));
     let n = 100;
     let mut client = Client::connect(proxy.addr()).await;
     for _ in 0..n {
@@ -464,7 +420,7 @@ async fn retry_budget_stops_a_retry_storm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_is_never_retried() {
     let (x, y) = (Raw::start(Answer::HangUp).await, Raw::start(Answer::HangUp).await);
-    let proxy = Proxy::start(&config(&[x.addr, y.addr], "", None, ""));
+    let proxy = Proxy::start(&pool_config(&[x.addr, y.addr], "", None, ""));
     // Fresh client connections: the proxy may close one whose request body it did not read.
     let post = Request::post("/orders").header("host", "example.com").body(full("{\"item\": 1}")).unwrap();
     assert_eq!(Client::connect(proxy.addr()).await.send(post).await.status, StatusCode::BAD_GATEWAY);
@@ -482,7 +438,7 @@ async fn post_is_never_retried() {
 async fn active_checks_mark_down_after_unhealthy_after_failures_and_up_after_healthy_after_passes() {
     let (a, b) = (Killable::start("a").await, Killable::start("b").await);
     let keys = r#"health = { path = "/healthz", interval = "100ms", timeout = "100ms", unhealthy_after = 3, healthy_after = 2 }"#;
-    let proxy = Proxy::start(&config(&[a.addr, b.addr], keys, None, ""));
+    let proxy = Proxy::start(&pool_config(&[a.addr, b.addr], keys, None, ""));
     let reason = wait_health(&proxy, b.addr, true).await;
     assert!(reason == "not checked" || reason.starts_with("check passed: 200"), "{reason}");
 
@@ -524,9 +480,9 @@ async fn active_checks_mark_down_after_unhealthy_after_failures_and_up_after_hea
 async fn reload_removing_a_backend_stops_its_health_checks() {
     let (a, b) = (Killable::start("a").await, Killable::start("b").await);
     let keys = r#"health = { path = "/healthz", interval = "50ms", timeout = "50ms" }"#;
-    let proxy = Proxy::start(&config(&[a.addr, b.addr], keys, None, ""));
+    let proxy = Proxy::start(&pool_config(&[a.addr, b.addr], keys, None, ""));
     assert!(eventually(LIMIT, || b.checks.load(Ordering::SeqCst) >= 2).await, "b is checked");
-    let text = config(&[a.addr], keys, None, "").replace("{dir}", &proxy.dir.path().display().to_string());
+    let text = pool_config(&[a.addr], keys, None, "").replace("{dir}", &proxy.dir.path().display().to_string());
     std::fs::write(&proxy.config_path, text).unwrap();
     let (status, body) = proxy.admin_call(Method::POST, "/v1/reload", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -544,7 +500,7 @@ const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_client_connection_outlives_client_header_and_closes_after_client_idle() {
     let app = Backend::named("app").await;
-    let proxy = Proxy::start(&config(&[app.addr], "", None, CLIENT_TIMEOUTS));
+    let proxy = Proxy::start(&pool_config(&[app.addr], "", None, CLIENT_TIMEOUTS));
     let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
     // A fresh connection gets client_idle too, not client_header, before its first byte.
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -561,7 +517,7 @@ async fn idle_client_connection_outlives_client_header_and_closes_after_client_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_request_head_is_cut_off_after_client_header() {
     let app = Backend::named("app").await;
-    let proxy = Proxy::start(&config(&[app.addr], "", None, CLIENT_TIMEOUTS));
+    let proxy = Proxy::start(&pool_config(&[app.addr], "", None, CLIENT_TIMEOUTS));
     let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
     stream.write_all(GET).await.unwrap();
     read_response(&mut stream).await;
@@ -595,7 +551,7 @@ async fn slow_request_head_is_cut_off_after_client_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_connection_idle_past_client_header_stays_open_until_client_idle() {
     let app = Backend::named("app").await;
-    let proxy = Proxy::start(&config(&[app.addr], "", None, CLIENT_TIMEOUTS));
+    let proxy = Proxy::start(&pool_config(&[app.addr], "", None, CLIENT_TIMEOUTS));
     let stream = TcpStream::connect(proxy.addr()).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2c handshake");

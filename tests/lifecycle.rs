@@ -187,6 +187,20 @@ fn load(addr: SocketAddr, clients: usize, max_each: usize, stop: Arc<AtomicBool>
 
 type LoadTasks = Vec<tokio::task::JoinHandle<Vec<String>>>;
 
+/// Stops the load and asserts that none of its requests failed; `context`
+/// ends the failure message.
+async fn stop_and_check(stop: &AtomicBool, tasks: LoadTasks, done: &AtomicUsize, context: &str) {
+    stop.store(true, Ordering::SeqCst);
+    let failed = failures(tasks).await;
+    let total = done.load(Ordering::SeqCst);
+    assert!(
+        failed.is_empty(),
+        "{} of {total} requests failed: {:?}\n{context}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+}
+
 async fn failures(tasks: LoadTasks) -> Vec<String> {
     let mut all = Vec::new();
     for t in tasks {
@@ -219,16 +233,7 @@ async fn upgrade_under_load(trigger: impl FnOnce(&Binary, &Path)) {
         "the load stalled after the hand-over at {after} requests:\n{}",
         binary.log_text()
     );
-    stop.store(true, Ordering::SeqCst);
-    let failed = failures(tasks).await;
-    let total = done.load(Ordering::SeqCst);
-    assert!(
-        failed.is_empty(),
-        "{} of {total} requests failed: {:?}\n{}",
-        failed.len(),
-        &failed[..failed.len().min(10)],
-        binary.log_text()
-    );
+    stop_and_check(&stop, tasks, &done, &binary.log_text()).await;
 
     let log = binary.log_text();
     let pids = ready_pids(&log);
@@ -477,15 +482,7 @@ async fn upgrades_under_keep_alive_load(upgrades: usize) {
             binary.log_text()
         );
     }
-    stop.store(true, Ordering::SeqCst);
-    let failed = failures(tasks).await;
-    let total = done.load(Ordering::SeqCst);
-    assert!(
-        failed.is_empty(),
-        "{} failed requests ({total} answered) over {upgrades} upgrades: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(10)]
-    );
+    stop_and_check(&stop, tasks, &done, &format!("over {upgrades} upgrades")).await;
     assert!(adopted.last().is_some_and(|p| p.terminate()), "the last process stops on SIGTERM");
 }
 

@@ -322,6 +322,9 @@ async fn refused_heads_are_counted_by_listener_and_code() {
         let answer = exchange(proxy.addr(), &request, true).await;
         assert_eq!((answer.status, answer.closed), (status, true));
     }
+    for backend in [&web, &admin] {
+        assert!(backend.received().is_empty(), "reached a backend: {:?}", backend.received());
+    }
     let text = proxy.metrics();
     assert_eq!(metric(&text, r#"cutover_http1_head_refusals_total{code="400",listener="http"}"#), 2.0);
     assert_eq!(metric(&text, r#"cutover_http1_head_refusals_total{code="414",listener="http"}"#), 1.0);

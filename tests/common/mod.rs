@@ -305,6 +305,73 @@ backends = ["{canary}"]
     )
 }
 
+/// A config with one route `web`: stable pool `stable`, optional canary pool
+/// `canary`, each with extra pool keys; `extra` is appended at the top level.
+pub fn pool_config(
+    stable: &[SocketAddr],
+    stable_keys: &str,
+    canary: Option<(SocketAddr, &str)>,
+    extra: &str,
+) -> String {
+    let list = |addrs: &[SocketAddr]| addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+    let (route_canary, canary_pool) = match canary {
+        Some((addr, keys)) => (
+            "canary = \"canary\"\nweight = 50".to_string(),
+            format!("[pools.canary]\nbackends = [\"{addr}\"]\n{keys}\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+drain_timeout = "2s"
+
+[admin]
+listen = "unix:{{dir}}/admin.sock"
+
+[state]
+path = "{{dir}}/state.json"
+
+[log]
+access = "off"
+
+{extra}
+
+[[routes]]
+name = "web"
+stable = "stable"
+{route_canary}
+
+[pools.stable]
+backends = [{stable}]
+{stable_keys}
+
+{canary_pool}
+"#,
+        stable = list(stable)
+    )
+}
+
+/// Polls an async check every 20 ms until it holds or `limit` passes.
+pub async fn until<F, Fut>(limit: Duration, check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until `check` holds, polling every 10 ms, for at most `limit`.
 pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
