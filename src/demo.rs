@@ -24,6 +24,25 @@ pub fn demo_dir() -> PathBuf {
     std::env::temp_dir().join("cutover-demo")
 }
 
+/// The demo's route and its two pools, shared by the single and fleet demos.
+pub(crate) fn routes_section(stable: SocketAddr, canary: SocketAddr, weight: f64) -> String {
+    format!(
+        r#"
+[[routes]]
+name = "web"
+stable = "app-v1"
+canary = "app-v2"
+weight = {weight}
+
+[pools.app-v1]
+backends = ["{stable}"]
+
+[pools.app-v2]
+backends = ["{canary}"]
+"#
+    )
+}
+
 fn demo_config(listen: SocketAddr, stable: SocketAddr, canary: SocketAddr, weight: f64, metrics: SocketAddr) -> String {
     let admin = demo_dir().join("admin.sock");
     format!(
@@ -44,21 +63,9 @@ listen = "{metrics}"
 
 [log]
 access = "off"
-
-[[routes]]
-name = "web"
-stable = "app-v1"
-canary = "app-v2"
-weight = {weight}
-
-[pools.app-v1]
-backends = ["{stable}"]
-
-[pools.app-v2]
-backends = ["{canary}"]
 "#,
         admin = admin.display()
-    )
+    ) + &routes_section(stable, canary, weight)
 }
 
 /// Serves one demo app version on an ephemeral port.

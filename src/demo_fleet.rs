@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config;
-use crate::demo::{app, demo_dir};
+use crate::demo::{app, demo_dir, routes_section};
 use crate::routing::Version;
 use crate::server::{self, Inherited, Running, Source};
 
@@ -104,21 +104,9 @@ etcd = ["{etcd}"]
 prefix = "/cutover/demo"
 name = "{name}"
 lease = "2s"
-
-[[routes]]
-name = "web"
-stable = "app-v1"
-canary = "app-v2"
-weight = {weight}
-
-[pools.app-v1]
-backends = ["{stable}"]
-
-[pools.app-v2]
-backends = ["{canary}"]
 "#,
         dir = dir.display()
-    )
+    ) + &routes_section(stable, canary, weight)
 }
 
 /// Runs the fleet demo until Ctrl-C: replicas on `listen` and the next two ports.

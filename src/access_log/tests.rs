@@ -5,9 +5,14 @@ use std::time::{Duration, Instant, SystemTime};
 use super::*;
 
 fn record(path: &str) -> Record<'_> {
+    request("GET", path)
+}
+
+/// A plain 200 record for `method` and `path`; shared with the JSON encoder's tests.
+pub(super) fn request<'a>(method: &'a str, path: &'a str) -> Record<'a> {
     Record {
         client: "192.0.2.1",
-        method: "GET",
+        method,
         path,
         status: 200,
         route: None,

@@ -190,7 +190,7 @@ impl Session {
             Ok(r) => r,
             Err(e) => return End::Lost(e.to_string()),
         };
-        let mut watch = match self.client.watch(&format!("{}/", self.fleet.prefix), revision + 1).await {
+        let mut watch = match self.client.watch(&format!("{}/", self.fleet.prefix), revision.saturating_add(1)).await {
             Ok(w) => w,
             Err(e) => return End::Lost(e.to_string()),
         };
@@ -231,7 +231,7 @@ impl Session {
                     Err(e) => {
                         // The watch broke but the lease may be fine: resume from the last revision.
                         tracing::warn!(error = %e, "fleet: watch interrupted, resuming");
-                        match self.client.watch(&format!("{}/", self.fleet.prefix), watch_revision + 1).await {
+                        match self.client.watch(&format!("{}/", self.fleet.prefix), watch_revision.saturating_add(1)).await {
                             Ok(w) => watch = w,
                             Err(e) => return End::Lost(e.to_string()),
                         }

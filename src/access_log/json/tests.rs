@@ -3,24 +3,7 @@ use std::time::{Duration, SystemTime};
 use proptest::prelude::*;
 
 use super::*;
-use crate::access_log::Record;
-
-fn record<'a>(method: &'a str, path: &'a str) -> Record<'a> {
-    Record {
-        client: "192.0.2.1",
-        method,
-        path,
-        status: 200,
-        route: None,
-        version: None,
-        reason: None,
-        backend: None,
-        duration: Duration::ZERO,
-        bytes_in: 0,
-        bytes_out: 0,
-        failed: false,
-    }
-}
+use crate::access_log::tests::request as record;
 
 fn parse(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
