@@ -13,11 +13,13 @@
 # sys) per request.
 #
 # Usage: benches/compare.sh [section...]    sections: http tls h2 idle reload
-#                                           http-log http-stdout http-fleet
+#                                           http-log tls-log h2-log http-stdout
+#                                           http-fleet
 #                                           (default: all but the log and fleet ones)
 #   http-log:    as http, every proxy writes a JSON line per request to a
 #                file (nginx: buffer=64k flush=1s; HAProxy: log to stdout,
 #                redirected to the file); lines lost are counted.
+#   tls-log, h2-log: as tls and h2, with the log of http-log.
 #   http-stdout: as http, cutover with its default access log (JSON to
 #                standard output, here redirected to a file); nginx and
 #                HAProxy without a log, as in the http section.
@@ -30,6 +32,8 @@
 # Settings (environment): ROUNDS=3 DURATION=10 WARMUP=2 CONNS=64 H2_CONNS=16
 #   H2_STREAMS=10 IDLE_CONNS=10000 RELOADS=5 PROXY_CPU=0 LOAD_CPU=1
 #   BASE_PORT=18000 CUTOVER=target/release/cutover PROXIES="cutover nginx haproxy"
+#   (add cutover-base to PROXIES with CUTOVER_BASE=<another build> to set two
+#   builds side by side in the same rounds)
 #   (http-fleet also uses BASE_PORT+110 and +111 for etcd)
 # Nothing is installed: missing tools are named with the command to install them.
 set -euo pipefail
@@ -88,7 +92,7 @@ cleanup() {
 trap cleanup EXIT
 
 port_of() { # proxy -> plain port
-    case $1 in cutover | cutover-fleet) echo $((BASE_PORT + 80)) ;; nginx) echo $((BASE_PORT + 90)) ;; haproxy) echo $((BASE_PORT + 100)) ;; esac
+    case $1 in cutover | cutover-fleet | cutover-base) echo $((BASE_PORT + 80)) ;; nginx) echo $((BASE_PORT + 90)) ;; haproxy) echo $((BASE_PORT + 100)) ;; esac
 }
 tls_port_of() { echo $(($(port_of "$1") + 363)); }
 
@@ -138,17 +142,19 @@ mem_kb() { # pid field(VmHWM|VmRSS) -> sum over the process tree, KiB
 PROXY_PID=
 start_proxy() { # proxy
     case $1 in
-        cutover | cutover-fleet)
+        cutover | cutover-fleet | cutover-base)
             render cutover.toml
             rm -f "$WORK/state.json"
             [[ $1 == cutover-fleet ]] && printf '\n[fleet]\netcd = ["http://127.0.0.1:%s"]\nprefix = "/cutover/bench-%s"\nname = "bench"\nlease = "5s"\n' \
                 "$ETCD_PORT" "$(date +%s%N)" >>"$WORK/cutover.toml"
             local out=$WORK/cutover.out
             case $LOGGING in
-                file) sed -i "s|^access = \"off\"|access = \"json\"\naccess_path = \"$WORK/access-cutover.log\"|" "$WORK/cutover.toml" ;;
-                stdout) sed -i 's|^access = "off"|access = "json"|' "$WORK/cutover.toml" && out=$WORK/access-cutover.log ;;
+                file) sed -i "s|^access = \"off\"|access = \"json\"\naccess_path = \"$WORK/access-$1.log\"|" "$WORK/cutover.toml" ;;
+                stdout) sed -i 's|^access = "off"|access = "json"|' "$WORK/cutover.toml" && out=$WORK/access-$1.log ;;
             esac
-            CUTOVER_LOG=warn taskset -c "$PROXY_CPU" "$CUTOVER" run -c "$WORK/cutover.toml" >"$out" 2>"$WORK/cutover.log" &
+            local bin=$CUTOVER
+            [[ $1 == cutover-base ]] && bin=$CUTOVER_BASE
+            CUTOVER_LOG=warn taskset -c "$PROXY_CPU" "$bin" run -c "$WORK/cutover.toml" >"$out" 2>"$WORK/cutover.log" &
             ;;
         nginx)
             render nginx.conf nginx
@@ -237,12 +243,12 @@ measure() { # section proxy round
         http*) port=$(port_of "$proxy"); url=http://127.0.0.1:$port/ ;;
         *) port=$(tls_port_of "$proxy"); url=https://127.0.0.1:$port/ ;;
     esac
-    if [[ $section == h2 ]]; then
+    if [[ $section == h2* ]]; then
         local h2=(taskset -c "$LOAD_CPU" h2load -t1 -c "$H2_CONNS" -m "$H2_STREAMS"
             -H "cookie: theme=dark; cutover_id=user-42; consent=yes"
             -H "user-agent: Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0"
             -H "accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
-        "${h2[@]}" -D "$WARMUP" "${url}products/42" >/dev/null 2>&1 || true
+        "${h2[@]}" -D "$WARMUP" "${url}products/42" >"$out.warmup" 2>&1 || true
         before=$(cpu_ticks "$PROXY_PID")
         "${h2[@]}" -D "$DURATION" "${url}products/42" >"$out" 2>&1 || true
         after=$(cpu_ticks "$PROXY_PID")
@@ -290,8 +296,8 @@ med = lambda rs, i: statistics.median(float(r[i]) for r in rs)
 # The baseline the ratios are to: nginx, or plain cutover in the fleet section.
 base_name = "cutover" if section == "http-fleet" else "nginx"
 base = med(by[base_name], 3) if base_name in by else None
-latency = ("mean ms", "max ms") if section == "h2" else ("p50 ms", "p99 ms")
-logged = section in ("http-log", "http-stdout")
+latency = ("mean ms", "max ms") if section.startswith("h2") else ("p50 ms", "p99 ms")
+logged = section.endswith("-log") or section == "http-stdout"
 print(f"| {section} | req/s | {latency[0]} | {latency[1]} | errors | peak RSS MiB | req per proxy CPU-s "
       "| CPU µs/req | user µs/req | sys µs/req "
       f"| req/s vs {base_name} | p99 vs {base_name} | CPU/req vs {base_name} |"
@@ -328,7 +334,7 @@ load_section() { # section
     local round proxies p
     read -ra proxies <<<"$PROXIES"
     [[ $1 == http-fleet ]] && proxies=(cutover cutover-fleet)
-    case $1 in http-log) LOGGING=file ;; http-stdout) LOGGING=stdout ;; *) LOGGING=off ;; esac
+    case $1 in *-log) LOGGING=file ;; http-stdout) LOGGING=stdout ;; *) LOGGING=off ;; esac
     for round in $(seq "$ROUNDS"); do
         for i in "${!proxies[@]}"; do
             p=${proxies[$(((i + round - 1) % ${#proxies[@]}))]}
@@ -350,7 +356,8 @@ load_section() { # section
 log_lines() { # section proxy round
     local log=$WORK/access-$2.log out=$WORK/$1-$2-$3.out requests lines lost=-
     if [[ -f $log ]]; then
-        requests=$(cat "$out.warmup" "$out" | awk '/requests in/ { n += $1 } END { print n + 0 }')
+        # wrk: "N requests in"; h2load: "requests: T total, S started, D done".
+        requests=$(cat "$out.warmup" "$out" 2>/dev/null | awk '/requests in/ { n += $1 } /^requests:/ { n += $6 } END { print n + 0 }')
         # The readiness probes' 400s and HAProxy's TLS notices are not requests.
         lines=$(grep -c '"status":200' "$log" || true)
         lost=$((requests > lines ? requests - lines : 0))
@@ -443,7 +450,7 @@ echo "proxy on CPU $PROXY_CPU, load generator and backends on CPU $LOAD_CPU, $(n
 echo "work dir: $WORK"
 for section in $SECTIONS; do
     case $section in
-        http | tls | h2 | http-log | http-stdout) load_section "$section" ;;
+        http | tls | h2 | http-log | tls-log | h2-log | http-stdout) load_section "$section" ;;
         http-fleet) start_etcd && load_section "$section" ;;
         idle) idle_section ;;
         reload) reload_section ;;

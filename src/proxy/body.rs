@@ -100,6 +100,11 @@ pub fn body_timeout() -> io::Error {
 impl RequestBody {
     /// Makes a request whose body is whole (or absent) ready to be sent
     /// again; false for a streamed body, which is gone once read.
+    /// Held whole (or absent): a failed attempt can give it back.
+    pub fn is_whole(&self) -> bool {
+        !matches!(self, RequestBody::Client { .. })
+    }
+
     pub fn rewind(&mut self) -> bool {
         match self {
             RequestBody::Empty => true,

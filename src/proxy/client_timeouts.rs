@@ -47,10 +47,6 @@ impl Default for Activity {
 }
 
 impl Activity {
-    fn nanos(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-
     fn at(&self, nanos: u64) -> Instant {
         self.epoch + Duration::from_nanos(nanos)
     }
@@ -62,13 +58,19 @@ impl Activity {
 
     /// A request is answered (its response body ended or was dropped).
     pub fn request_ended(&self) {
+        self.request_ended_at(Instant::now().into_std());
+    }
+
+    /// [`Activity::request_ended`] at `now`, for a caller that read the clock already.
+    pub fn request_ended_at(&self, now: std::time::Instant) {
         let before = self.in_flight.fetch_sub(1, Ordering::Relaxed);
         if before <= 1 {
             if before == 0 {
                 // Unbalanced: keep the counter at zero.
                 self.in_flight.store(0, Ordering::Relaxed);
             }
-            self.idle_since.store(self.nanos(), Ordering::Relaxed);
+            let nanos = Instant::from_std(now).saturating_duration_since(self.epoch).as_nanos() as u64;
+            self.idle_since.store(nanos, Ordering::Relaxed);
         }
     }
 

@@ -466,7 +466,8 @@ async fn forward(
             Ok(slot) => slot,
             Err(refused) => return queue_refused(&ctx, refused),
         };
-        match send(worker, &backend, request, &forwarded, snap, fresh).await {
+        let replayable = resendable && request.body().is_whole();
+        match send(worker, &backend, request, &forwarded, snap, fresh, replayable).await {
             Ok(resp) => {
                 if backend.failures.load(Ordering::Relaxed) != 0 {
                     backend.failures.store(0, Ordering::Relaxed);
@@ -624,9 +625,10 @@ async fn send(
     forwarded: &Forwarded<'_>,
     snap: &Snapshot,
     fresh: bool,
+    replayable: bool,
 ) -> Result<Response<UpstreamBody>, SendError> {
     let timeouts = &snap.config.timeouts;
-    let pooled = if fresh { None } else { worker.connections.take(backend.id, timeouts.upstream_idle) };
+    let pooled = if fresh { None } else { worker.connections.take(backend.id, timeouts.upstream_idle, replayable) };
     let reused = pooled.is_some();
     let conn: Box<Connection> = match pooled {
         Some(c) => c,
@@ -777,16 +779,21 @@ impl Finish {
     /// client): its connection back to the pool, its slot freed.
     pub fn release(&mut self, backend: Option<Box<Connection>>) {
         if let Some(c) = backend {
-            self.worker.connections.put(self.backend_id, c);
+            // Idle since the request began, as far as expiry is concerned:
+            // no clock read here, and the connection is closed a little early
+            // rather than late.
+            self.worker.connections.put_at(self.backend_id, c, self.start);
         }
         self.inflight = None;
     }
 
     pub fn done(self, complete: bool, bytes_out: u64, backend: Option<Box<Connection>>) {
+        // One clock read for the duration, the pool and the connection's idle time.
+        let now = Instant::now();
         if complete && let Some(c) = backend {
-            self.worker.connections.put(self.backend_id, c);
+            self.worker.connections.put_at(self.backend_id, c, now);
         }
-        let elapsed = self.start.elapsed();
+        let elapsed = now.saturating_duration_since(self.start);
         self.metrics.response(self.status, elapsed.as_secs_f64());
         if let (Some(log), Some(pending)) = (&self.worker.shared.access_log, &self.log) {
             log.log(&Record {
@@ -804,7 +811,7 @@ impl Finish {
                 failed: self.failed.get(),
             });
         }
-        self.conn.activity.request_ended();
+        self.conn.activity.request_ended_at(now);
     }
 }
 

@@ -36,11 +36,21 @@ pub struct Connections {
 
 impl Connections {
     /// The most recently used idle connection to `backend` that is still open.
-    pub fn take(&self, backend: u64, max_idle: Duration) -> Option<Box<Connection>> {
+    ///
+    /// `replayable`: the request will be sent again, free, if the backend
+    /// turns out to have closed the connection unread (retry-safe method,
+    /// body held whole). Such a request is checked against what the reactor
+    /// saw ([`Connection::idle_usable`], no system call); any other also asks
+    /// the kernel ([`Connection::reusable_now`], one `recv` with `MSG_PEEK`),
+    /// since it can only be sent again with proof that the backend never
+    /// read it.
+    pub fn take(&self, backend: u64, max_idle: Duration, replayable: bool) -> Option<Box<Connection>> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&backend)?;
+        let now = Instant::now();
         while let Some(mut c) = list.pop() {
-            if c.since.elapsed() < max_idle && c.conn.reusable_now() {
+            let open = if replayable { c.conn.idle_usable() } else { c.conn.reusable_now() };
+            if now.saturating_duration_since(c.since) < max_idle && open {
                 c.conn.reused = true;
                 return Some(c.conn);
             }
@@ -48,11 +58,13 @@ impl Connections {
         None
     }
 
-    pub fn put(&self, backend: u64, conn: Box<Connection>) {
+    /// Returns `conn` to the pool, idle since `since` (a time the caller
+    /// read already; an earlier one only makes the connection expire sooner).
+    pub fn put_at(&self, backend: u64, conn: Box<Connection>, since: Instant) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(backend).or_default();
         if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push(Idle { conn, since: Instant::now() });
+            list.push(Idle { conn, since });
         }
     }
 

@@ -185,7 +185,13 @@ impl Conn {
 
     /// One write to the client, within `timeouts.client_send` (a client that
     /// stops reading is cut off, as nginx's `send_timeout` does).
+    /// A write that completes at once (the common case) costs no clock
+    /// read and no timer; the timer starts when the write first waits.
     async fn in_time<R>(&self, write: impl Future<Output = io::Result<R>>) -> io::Result<R> {
+        let mut write = std::pin::pin!(write);
+        if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            return done;
+        }
         match tokio::time::timeout(self.send_timeout.get(), write).await {
             Ok(done) => done,
             Err(_) => {
@@ -510,8 +516,10 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
                 break false;
             }
         }
-        let deadline = Instant::now() + header;
-        if served == 0 && conn.is_http2(deadline).await {
+        // The head's deadline is set when it first has to wait for bytes: a
+        // head that came whole costs no clock read.
+        let mut deadline = None;
+        if served == 0 && conn.is_http2(*deadline.get_or_insert_with(|| Instant::now() + header)).await {
             if let Some(stream) = conn.take_stream() {
                 listener::serve_h2(stream, peer, tls, worker).await;
             }
@@ -534,7 +542,8 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
                 Ok(Some(head)) => break head,
                 Ok(None) => {
                     scanned = conn.buf.borrow().len();
-                    match tokio::time::timeout_at(deadline, conn.fill()).await {
+                    let due = *deadline.get_or_insert_with(|| Instant::now() + header);
+                    match tokio::time::timeout_at(due, conn.fill()).await {
                         Ok(Ok(n)) if n > 0 => {}
                         Ok(_) => break 'conn false,
                         Err(_) => {
