@@ -247,6 +247,7 @@ impl Connection {
             && framing != Framing::UntilClose
             && response.status() != StatusCode::SWITCHING_PROTOCOLS;
         drop(body);
+        super::maps::give(parts.headers);
         Ok(response.map(|()| UpstreamBody { conn: Some(self), state, reusable, trailers: None }))
     }
 
@@ -499,7 +500,7 @@ fn build(
     head_request: bool,
     spans: &[Span],
 ) -> Result<Head, UpstreamError> {
-    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
+    let mut headers = super::maps::take(spans.len() + 2);
     let mut length: Option<u64> = None;
     let mut codings = 0;
     let mut chunked_last = false;

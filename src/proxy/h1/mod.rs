@@ -18,6 +18,7 @@ pub mod client;
 mod decode;
 #[doc(hidden)]
 pub mod fuzz;
+mod maps;
 mod parse;
 mod write;
 

@@ -8,7 +8,7 @@
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 
 pub(super) use super::super::headers::content_length;
 use super::super::headers::{is_websocket_upgrade, valid_host};
@@ -164,7 +164,7 @@ fn build(
     let mut uri =
         Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1)).map_err(|_| bad("invalid request target"))?;
     let http10 = minor == 0;
-    let mut headers = HeaderMap::with_capacity(spans.len() + 6);
+    let mut headers = super::maps::take(spans.len() + 6);
     let mut length: Option<u64> = None;
     let mut length_fields = 0;
     let mut length_list = false;

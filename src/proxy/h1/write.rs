@@ -230,6 +230,7 @@ pub async fn response(
         date(buf);
     }
     buf.extend_from_slice(b"\r\n");
+    super::maps::give(parts.headers);
 
     let complete = match framing {
         Framing::None => {
