@@ -307,6 +307,23 @@ async fn a_later_http_1_minor_version_is_served_as_http_1_1() {
     assert_eq!(web.only().head, forwarded("GET /v HTTP/1.1", &["host: a.example"], "a.example", "web", "1.1 cutover"));
 }
 
+/// RFC 9112 §2.3: an HTTP/1 version is `HTTP/1.` and a minor digit. `HTTP/1`
+/// alone names no version: a malformed request line (400), not a version
+/// cutover lacks (505). `HTTP/2` and `HTTP/3`, as those versions name
+/// themselves, stay 505.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_without_its_minor_version_is_a_malformed_request_line() {
+    let (web, admin) = (RawBackend::start(OK).await, RawBackend::start(OK).await);
+    let proxy = proxy(&web, &admin, "");
+    let malformed = "400 Bad Request: malformed request head\n";
+    assert_refused(&proxy, &[&web, &admin], b"GET / HTTP/1\r\nHost: a.example\r\n\r\n", 400, malformed).await;
+    let unsupported = "505 HTTP Version Not Supported: unsupported HTTP version\n";
+    for version in ["HTTP/2", "HTTP/3", "HTTP/2.0"] {
+        let request = format!("GET / {version}\r\nHost: a.example\r\n\r\n");
+        assert_refused(&proxy, &[&web, &admin], request.as_bytes(), 505, unsupported).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_heads_are_counted_by_listener_and_code() {
     let (web, admin) = (RawBackend::start(OK).await, RawBackend::start(OK).await);
