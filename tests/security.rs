@@ -222,6 +222,31 @@ async fn an_absolute_form_authority_is_checked_like_a_host_field() {
     }
 }
 
+/// RFC 9110 §7.2 and RFC 3986 §3.2.2: a Host is `uri-host [":" port]`.
+/// `:80` names no host (cutover would have routed it as hostless, to the
+/// `*` route); a port that is not digits, a second colon, an IP literal
+/// that is no IPv6 address, a broken percent-encoding are no Host either.
+/// An empty port (`host:`) is in the grammar and means the default port
+/// (RFC 3986 §6.2.3): served, the field forwarded as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_field_that_is_not_host_and_port_is_a_400() {
+    let (web, admin) = (RawBackend::start(OK).await, RawBackend::start(OK).await);
+    let proxy = proxy(&web, &admin, "");
+    let text = "400 Bad Request: invalid Host field\n";
+    for host in [":80", ":", "admin.example.com:abc", "admin.example.com:80:80", "[::1", "[zz]:80", "%zz.example"] {
+        for version in ["1.1", "1.0"] {
+            let request = format!("GET / HTTP/{version}\r\nHost: {host}\r\n\r\n");
+            assert_refused(&proxy, &[&web, &admin], request.as_bytes(), 400, text).await;
+        }
+    }
+    let request = b"GET /e HTTP/1.1\r\nHost: admin.example.com:\r\n\r\n";
+    assert_eq!(exchange(proxy.addr(), request, false).await.status, 200);
+    let want =
+        forwarded("GET /e HTTP/1.1", &["host: admin.example.com:"], "admin.example.com:", "admin", "1.1 cutover");
+    assert_eq!(admin.only().head, want);
+    assert!(web.received().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_field_naming_host_does_not_remove_it() {
     let (web, admin) = (RawBackend::start(OK).await, RawBackend::start(OK).await);
