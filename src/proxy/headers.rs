@@ -88,7 +88,11 @@ pub fn content_length(digits: &[u8]) -> Option<u64> {
 /// and the same as `:authority` when both are there (a differing one makes
 /// the request malformed rather than being replaced: the client meant one
 /// of two hosts, and cutover does not guess which). The backend then gets
-/// exactly one `Host`: the authority. `Err`: the 400 answer's text.
+/// exactly one `Host`: the authority. A request with neither `:authority`
+/// nor a `host` (an empty one is none) is malformed too: an http or https
+/// target URI has a host (RFC 9110 §4.2.1), and without one there is none
+/// to route by nor to give the HTTP/1.1 backend, which needs a Host (RFC
+/// 9112 §3.2). `Err`: the 400 answer's text.
 pub fn h2_host(uri: &http::Uri, headers: &mut HeaderMap) -> Result<(), &'static str> {
     let authority = uri.authority().map(|a| a.as_str());
     if let Some(authority) = authority {
@@ -100,17 +104,20 @@ pub fn h2_host(uri: &http::Uri, headers: &mut HeaderMap) -> Result<(), &'static 
         }
     }
     let mut hosts = headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
+    let host = match (hosts.next(), hosts.next()) {
         (_, Some(_)) => return Err("400 Bad Request: more than one host field\n"),
-        (Some(host), None) => {
-            if !valid_host(host.as_bytes()) {
-                return Err("400 Bad Request: invalid host field\n");
-            }
-            if authority.is_some_and(|a| !a.as_bytes().eq_ignore_ascii_case(host.as_bytes())) {
-                return Err("400 Bad Request: host field differs from :authority\n");
-            }
+        (host, None) => host,
+    };
+    if let Some(host) = host {
+        if !valid_host(host.as_bytes()) {
+            return Err("400 Bad Request: invalid host field\n");
         }
-        (None, None) => {}
+        if authority.is_some_and(|a| !a.as_bytes().eq_ignore_ascii_case(host.as_bytes())) {
+            return Err("400 Bad Request: host field differs from :authority\n");
+        }
+    }
+    if authority.is_none() && host.is_none_or(HeaderValue::is_empty) {
+        return Err("400 Bad Request: no :authority or host field\n");
     }
     if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
         headers.insert(header::HOST, value);
@@ -519,6 +526,9 @@ mod tests {
             ("https://u:p@shop.example.com/", &[], "user info in :authority"),
             ("/a", &[("host", "a b")], "invalid host field"),
             ("https://:443/", &[], "invalid :authority"),
+            ("https://shop.example.com:https/", &[], "invalid :authority"),
+            ("/a", &[], "no :authority or host field"),
+            ("/a", &[("host", "")], "no :authority or host field"),
         ] {
             let uri: http::Uri = uri.parse().unwrap();
             let err = h2_host(&uri, &mut map(fields)).expect_err(why);
