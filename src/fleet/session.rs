@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::etcd::{Client, Compare, EtcdError, Op, WatchMessage};
+use super::etcd::{BadRecord, Client, Compare, EtcdError, Event, Op, WatchMessage};
 use super::{CountersRecord, Fleet, Note, ReplicaRecord, Request, RouteChange, RouteRecord, View, WriteError};
 use crate::config::Fleet as FleetConfig;
 use crate::control::{Command, Handle};
@@ -272,18 +272,25 @@ impl Session {
             view.counters.clear();
             view.windows.clear();
         }
-        let events = kvs.into_iter().map(|kv| super::etcd::Event { deleted: false, kv }).collect();
+        let events = kvs.into_iter().map(|kv| kv.map(|kv| Event { deleted: false, kv })).collect();
         self.apply_events(events);
         self.view().applied_revision = revision;
         self.metrics.applied_revision.set(revision);
         Ok(revision)
     }
 
-    fn apply_events(&mut self, events: Vec<super::etcd::Event>) {
+    fn apply_events(&mut self, events: Vec<Result<Event, BadRecord>>) {
         let prefix = format!("{}/", self.fleet.prefix);
         let mut routes = Vec::new();
         let mut view = self.fleet.view.lock().unwrap_or_else(|p| p.into_inner());
         for event in events {
+            let event = match event {
+                Ok(event) => event,
+                Err(bad) => {
+                    tracing::warn!("fleet: ignored a record that does not decode: {bad}");
+                    continue;
+                }
+            };
             let Some(rest) = event.kv.key.strip_prefix(&prefix) else { continue };
             let revision = event.kv.mod_revision;
             view.applied_revision = view.applied_revision.max(revision);
@@ -435,6 +442,7 @@ impl Session {
                             let by = match client.range(&key, false).await {
                                 Ok((_, kvs)) => kvs
                                     .first()
+                                    .and_then(|kv| kv.as_ref().ok())
                                     .and_then(|kv| serde_json::from_slice::<RouteRecord>(&kv.value).ok())
                                     .map(|r| format!(" (last changed on {} by {}: {})", r.by, r.actor, r.kind)),
                                 Err(_) => None,
