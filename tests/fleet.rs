@@ -478,6 +478,49 @@ async fn hostile_records_in_etcd_are_ignored_not_a_crash() {
     assert_eq!(get(fleet.at(0).addr(), "/", &[]).await.status, StatusCode::OK);
 }
 
+/// Records for a route this replica's config does not have (a replica with
+/// another config, a hand with etcdctl) create no state here: for a rollout
+/// with a window, due now, on `ghost`, the replica takes no driver key;
+/// another replica's driver key for `phantom` is not listed; the routes it
+/// has go on applying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_for_a_route_this_replica_does_not_have_create_no_state() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 1, "2s").await;
+    let client = cutover::fleet::etcd::Client::new(&etcd.urls(), Duration::from_secs(2), None, None).unwrap();
+    let put = |rest: &str, value: String| {
+        let (client, key) = (&client, format!("{}/{rest}", fleet.prefix));
+        async move { client.put(&key, value.as_bytes(), 0).await.expect("etcd put") }
+    };
+    let record = |weight_bp: u32, rollout: &str, top: &str| {
+        format!(
+            r#"{{"state":{{"weight_bp":{weight_bp},"halted":false,"config_weight_bp":0{rollout}}},"by":"proxy-9","actor":"unix","kind":"weight"{top}}}"#
+        )
+    };
+    let rollout = r#","rollout":{"plan":{"steps_bp":[100],"interval":1000,"max_error_rate":0.01,"min_requests":0},"step":0,"paused":false}"#;
+    let window = r#","window":"w","step_ends_at_ms":1"#;
+    put("routes/ghost", record(100, rollout, window)).await;
+    put("routes/web/ghost", record(100, rollout, window)).await;
+    put("drivers/phantom", "proxy-9#1".into()).await;
+    put("counters/ghost/proxy-9", "{}".into()).await;
+    // Records for `web` after them: once the second is applied, every
+    // record before it has been handled.
+    put("routes/web", record(2500, "", "")).await;
+    fleet.wait_all("weight 25 from etcd", |r| r["weight"] == json!(25.0)).await;
+    put("routes/web", record(3000, "", "")).await;
+    fleet.wait_all("weight 30 from etcd", |r| r["weight"] == json!(30.0)).await;
+    let status = fleet.fleet_status(0).await;
+    assert_eq!(status["drivers"], json!({}), "{status}");
+    for route in ["ghost", "web/ghost"] {
+        let (_, held) = client.range(&format!("{}/drivers/{route}", fleet.prefix), false).await.unwrap();
+        assert!(held.is_empty(), "this replica took the driver key of {route}: {held:?}");
+    }
+    let text = fleet.at(0).metrics();
+    assert!(!text.contains("ghost"), "{text}");
+    let (status, _) = call(fleet.at(0), Method::GET, "/v1/routes/ghost", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 /// `promtool check metrics` passes on a fleet replica's output.
 fn promtool_check(text: &str) {
     use std::io::Write;

@@ -222,6 +222,31 @@ async fn an_absolute_form_authority_is_checked_like_a_host_field() {
     }
 }
 
+/// RFC 9110 §7.2 and RFC 3986 §3.2.2: a Host is `uri-host [":" port]`.
+/// `:80` names no host (cutover would have routed it as hostless, to the
+/// `*` route); a port that is not digits, a second colon, an IP literal
+/// that is no IPv6 address, a broken percent-encoding are no Host either.
+/// An empty port (`host:`) is in the grammar and means the default port
+/// (RFC 3986 §6.2.3): served, the field forwarded as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_field_that_is_not_host_and_port_is_a_400() {
+    let (web, admin) = (RawBackend::start(OK).await, RawBackend::start(OK).await);
+    let proxy = proxy(&web, &admin, "");
+    let text = "400 Bad Request: invalid Host field\n";
+    for host in [":80", ":", "admin.example.com:abc", "admin.example.com:80:80", "[::1", "[zz]:80", "%zz.example"] {
+        for version in ["1.1", "1.0"] {
+            let request = format!("GET / HTTP/{version}\r\nHost: {host}\r\n\r\n");
+            assert_refused(&proxy, &[&web, &admin], request.as_bytes(), 400, text).await;
+        }
+    }
+    let request = b"GET /e HTTP/1.1\r\nHost: admin.example.com:\r\n\r\n";
+    assert_eq!(exchange(proxy.addr(), request, false).await.status, 200);
+    let want =
+        forwarded("GET /e HTTP/1.1", &["host: admin.example.com:"], "admin.example.com:", "admin", "1.1 cutover");
+    assert_eq!(admin.only().head, want);
+    assert!(web.received().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_field_naming_host_does_not_remove_it() {
     let (web, admin) = (RawBackend::start(OK).await, RawBackend::start(OK).await);
@@ -305,6 +330,23 @@ async fn a_later_http_1_minor_version_is_served_as_http_1_1() {
     let answer = exchange(proxy.addr(), b"GET /v HTTP/1.7\r\nHost: a.example\r\n\r\n", false).await;
     assert_eq!((answer.status_line.as_str(), answer.body.as_str()), ("HTTP/1.1 200 OK", "ok\n"));
     assert_eq!(web.only().head, forwarded("GET /v HTTP/1.1", &["host: a.example"], "a.example", "web", "1.1 cutover"));
+}
+
+/// RFC 9112 §2.3: an HTTP/1 version is `HTTP/1.` and a minor digit. `HTTP/1`
+/// alone names no version: a malformed request line (400), not a version
+/// cutover lacks (505). `HTTP/2` and `HTTP/3`, as those versions name
+/// themselves, stay 505.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_without_its_minor_version_is_a_malformed_request_line() {
+    let (web, admin) = (RawBackend::start(OK).await, RawBackend::start(OK).await);
+    let proxy = proxy(&web, &admin, "");
+    let malformed = "400 Bad Request: malformed request head\n";
+    assert_refused(&proxy, &[&web, &admin], b"GET / HTTP/1\r\nHost: a.example\r\n\r\n", 400, malformed).await;
+    let unsupported = "505 HTTP Version Not Supported: unsupported HTTP version\n";
+    for version in ["HTTP/2", "HTTP/3", "HTTP/2.0"] {
+        let request = format!("GET / {version}\r\nHost: a.example\r\n\r\n");
+        assert_refused(&proxy, &[&web, &admin], request.as_bytes(), 505, unsupported).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,6 +484,93 @@ async fn an_http2_backend_request_has_one_host_the_authority() {
     assert_eq!(h2_send(&mut h2, req.unwrap()).await.0, StatusCode::OK);
     let want = forwarded("GET /s HTTP/1.1", &["host: www.example.com"], "www.example.com", "web", "2.0 cutover");
     assert_eq!(web.only().head, want);
+}
+
+/// One HTTP/2 frame (RFC 9113 §4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A GET's HEADERS frame (END_STREAM, END_HEADERS) with `:method GET`,
+/// `:scheme http`, `:path` and, if given, `host`, and no `:authority`:
+/// what hyper's and h2's clients cannot send (they take the scheme and
+/// authority from one URI). HPACK (RFC 7541): the method and scheme indexed
+/// from the static table, the path and host literal without indexing,
+/// their names indexed (`:path` 4, `host` 38), no Huffman coding.
+fn h2_get_without_authority(stream: u32, path: &str, host: Option<&str>) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    if let Some(host) = host {
+        block.extend_from_slice(&[0x0f, 38 - 15, host.len() as u8]);
+        block.extend_from_slice(host.as_bytes());
+    }
+    h2_frame(0x1, 0x1 | 0x4, stream, &block)
+}
+
+/// Reads frames until `stream` ends: its status (an indexed `:status` from
+/// HPACK's static table, as the server's encoder writes 200 and 400) and
+/// its body. Acknowledges the server's SETTINGS on the way.
+async fn h2_read_response(io: &mut TcpStream, stream: u32) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let (mut status, mut body) = (None, Vec::new());
+    loop {
+        let mut head = [0u8; 9];
+        within("h2 frame", io.read_exact(&mut head)).await.expect("a frame, not a close");
+        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags, id) = (head[3], head[4], u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff);
+        let mut payload = vec![0u8; length];
+        within("h2 payload", io.read_exact(&mut payload)).await.unwrap();
+        match (kind, id == stream) {
+            (0x4, _) if flags & 0x1 == 0 => within("ack", io.write_all(&h2_frame(0x4, 0x1, 0, &[]))).await.unwrap(),
+            (0x1, true) => {
+                assert_eq!(flags & 0x28, 0, "no padding or priority in the response HEADERS");
+                let static_status = [200, 204, 206, 304, 400, 404, 500];
+                status = match payload.first() {
+                    Some(&b @ 0x88..=0x8e) => Some(static_status[usize::from(b - 0x88)]),
+                    other => panic!("a :status from the static table first, not {other:?}"),
+                };
+            }
+            (0x0, true) => body.extend_from_slice(&payload),
+            (0x3 | 0x7, _) => panic!("the stream or connection was reset: frame {kind} {payload:?}"),
+            _ => {}
+        }
+        if id == stream && flags & 0x1 != 0 && matches!(kind, 0x0 | 0x1) {
+            return (status.expect("a response HEADERS"), lossy(&body));
+        }
+    }
+}
+
+/// RFC 9113 §8.3.1, RFC 9110 §4.2.1: an http or https request names its
+/// host, by `:authority` or a `host` field. One with neither (or an empty
+/// `host`) has no host to route by and none to give an HTTP/1.1 backend:
+/// a 400 on its stream, nothing at a backend, and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_without_authority_or_host_is_malformed() {
+    let (web, admin) = (RawBackend::start(OK).await, RawBackend::start(OK).await);
+    let proxy = proxy(&web, &admin, "");
+    let mut io = within("connect", TcpStream::connect(proxy.addr())).await.unwrap();
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&h2_frame(0x4, 0, 0, &[]));
+    within("preface", io.write_all(&preface)).await.unwrap();
+    let missing = (400, "400 Bad Request: no :authority or host field\n".to_string());
+    within("send", io.write_all(&h2_get_without_authority(1, "/none", None))).await.unwrap();
+    assert_eq!(h2_read_response(&mut io, 1).await, missing);
+    within("send", io.write_all(&h2_get_without_authority(3, "/empty", Some("")))).await.unwrap();
+    assert_eq!(h2_read_response(&mut io, 3).await, missing);
+    for backend in [&web, &admin] {
+        assert!(backend.received().is_empty(), "reached a backend: {:?}", backend.received());
+    }
+    // A host field alone names the host: served on the same connection.
+    within("send", io.write_all(&h2_get_without_authority(5, "/host", Some("admin.example.com")))).await.unwrap();
+    assert_eq!(h2_read_response(&mut io, 5).await, (200, "ok\n".to_string()));
+    let want =
+        forwarded("GET /host HTTP/1.1", &["host: admin.example.com"], "admin.example.com", "admin", "2.0 cutover");
+    assert_eq!(admin.only().head, want);
+    assert!(web.received().is_empty(), "{:?}", web.received());
 }
 
 // ------------------------------------------------------------ TLS listeners

@@ -182,6 +182,9 @@ async fn slow_readers_do_not_take_the_application_workers() {
     let answered = normal_client(proxy.addr(), 10, Duration::from_secs(3)).await;
     assert_eq!(answered, 10, "normal requests answered while 2 clients read slowly");
     assert_eq!(metric(&proxy.metrics(), "cutover_buffered_bodies_total{mode=\"response_whole\"}"), 12.0);
+    // The 2 slow readers' requests and the 10 normal ones, each once, all on
+    // stable (weight 0): a slow reader costs the application one request.
+    assert_eq!((stable.hits(), canary.hits()), (12, 0), "requests that reached the application");
     drop(readers);
 }
 

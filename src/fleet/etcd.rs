@@ -28,7 +28,19 @@ pub enum EtcdError {
     /// etcd answered with an error (bad request, lease not found, auth...).
     #[error("etcd refused: {0}")]
     Refused(String),
+    /// An answer that does not say what etcd's answers say (a revision
+    /// missing or negative, a number that is none): refused, not guessed at.
+    #[error("malformed answer from etcd: {0}")]
+    Malformed(String),
 }
+
+/// A record in an answer that does not decode (a key or value that is not
+/// base64, a number that is missing or negative...): refused whole. The
+/// caller logs and ignores it, as it does a record whose value does not
+/// parse; no part of it is applied.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRecord(String);
 
 /// One key as etcd returns it.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,23 +86,70 @@ pub struct Client {
     token: Mutex<Option<String>>,
 }
 
-fn num(v: &Value) -> i64 {
-    match v {
-        Value::String(s) => s.parse().unwrap_or(0),
-        Value::Number(n) => n.as_i64().unwrap_or(0),
-        _ => 0,
+/// A 64-bit number as the gateway writes it (a string; a JSON number is
+/// taken too). Never negative: no revision, lease, TTL or count is.
+fn num(v: &Value) -> Result<i64, String> {
+    let n = match v {
+        Value::String(s) => s.parse::<i64>().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    };
+    n.filter(|&n| n >= 0).ok_or_else(|| format!("{v} is not a number of 0 or more"))
+}
+
+/// A number field that proto3's JSON mapping leaves out when it is 0.
+fn num_or_zero(v: &Value, name: &str) -> Result<i64, String> {
+    v.get(name).map_or(Ok(0), |n| num(n).map_err(|e| format!("{name}: {e}")))
+}
+
+/// A revision field: a key's and an answer's revision is 1 or more (the
+/// store starts at 1), so a missing one is refused, not read as 0.
+fn revision_field(v: &Value, name: &str) -> Result<i64, String> {
+    match v.get(name).map(num) {
+        Some(Ok(n)) if n > 0 => Ok(n),
+        Some(Ok(n)) => Err(format!("{name} {n} is no revision")),
+        Some(Err(e)) => Err(format!("{name}: {e}")),
+        None => Err(format!("no {name}")),
     }
 }
 
-fn kv(v: &Value) -> Kv {
-    let text = |name: &str| v.get(name).and_then(Value::as_str).unwrap_or("");
-    Kv {
-        key: String::from_utf8_lossy(&base64::decode(text("key")).unwrap_or_default()).into_owned(),
-        value: base64::decode(text("value")).unwrap_or_default(),
-        mod_revision: v.get("mod_revision").map_or(0, num),
-        create_revision: v.get("create_revision").map_or(0, num),
-        lease: v.get("lease").map_or(0, num),
+/// A base64 field; `required` false: proto3 leaves an empty one out.
+fn bytes_field(v: &Value, name: &str, required: bool) -> Result<Vec<u8>, String> {
+    match v.get(name) {
+        Some(Value::String(text)) => base64::decode(text).ok_or_else(|| format!("{name} is not base64")),
+        Some(_) => Err(format!("{name} is not a string")),
+        None if required => Err(format!("no {name}")),
+        None => Ok(Vec::new()),
     }
+}
+
+/// A record's JSON for a log line: bounded, escaped by JSON.
+fn excerpt(v: &Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(200) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text,
+    }
+}
+
+/// One key as the gateway writes it. Fields proto3 leaves out when zero or
+/// empty (`value`, `create_revision`, `lease`) read as such; anything that
+/// is there must decode, and `key` and `mod_revision` must be there.
+fn kv(v: &Value) -> Result<Kv, BadRecord> {
+    let decoded = || -> Result<Kv, String> {
+        let key = String::from_utf8(bytes_field(v, "key", true)?).map_err(|_| "key is not UTF-8".to_string())?;
+        if key.is_empty() {
+            return Err("empty key".into());
+        }
+        Ok(Kv {
+            value: bytes_field(v, "value", false).map_err(|e| format!("key {key:?}: {e}"))?,
+            mod_revision: revision_field(v, "mod_revision").map_err(|e| format!("key {key:?}: {e}"))?,
+            create_revision: num_or_zero(v, "create_revision").map_err(|e| format!("key {key:?}: {e}"))?,
+            lease: num_or_zero(v, "lease").map_err(|e| format!("key {key:?}: {e}"))?,
+            key,
+        })
+    };
+    decoded().map_err(|e| BadRecord(format!("{e} in {}", excerpt(v))))
 }
 
 /// The end of the range of every key that starts with `prefix`.
@@ -105,8 +164,10 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
-fn revision(v: &Value) -> i64 {
-    v.get("header").and_then(|h| h.get("revision")).map_or(0, num)
+/// The store's revision in an answer's header, which every answer carries.
+fn revision(v: &Value) -> Result<i64, EtcdError> {
+    let header = v.get("header").unwrap_or(&Value::Null);
+    revision_field(header, "revision").map_err(|e| EtcdError::Malformed(format!("header {e} in {}", excerpt(v))))
 }
 
 impl Client {
@@ -196,7 +257,9 @@ impl Client {
                 Ok::<_, String>((status, value))
             };
             match tokio::time::timeout(self.timeout, attempt).await {
-                Ok(Ok((status, value))) if status.is_server_error() && value.get("code").map(num) == Some(14) => {
+                Ok(Ok((status, value)))
+                    if status.is_server_error() && value.get("code").and_then(|c| num(c).ok()) == Some(14) =>
+                {
                     // 14 = unavailable: this member has no leader; try another.
                     errors.push(format!("{authority}: {}", value.get("message").and_then(Value::as_str).unwrap_or("")));
                 }
@@ -222,7 +285,7 @@ impl Client {
         let (status, value) = self.send(path, &body).await?;
         if let Some(message) = value.get("error").or_else(|| value.get("message")).and_then(Value::as_str) {
             // 16 = unauthenticated: the token expired; sign in again once.
-            if value.get("code").map(num) == Some(16) && self.credentials.is_some() {
+            if value.get("code").and_then(|c| num(c).ok()) == Some(16) && self.credentials.is_some() {
                 self.authenticate().await?;
                 let (_, value) = self.send(path, &body).await?;
                 return match value.get("error").and_then(Value::as_str) {
@@ -252,15 +315,16 @@ impl Client {
     }
 
     /// Every key under `prefix` (or the one key `key` when `prefix` is false),
-    /// with the store's revision at the time of the read.
-    pub async fn range(&self, key: &str, prefix: bool) -> Result<(i64, Vec<Kv>), EtcdError> {
+    /// with the store's revision at the time of the read; a key that does
+    /// not decode is there as the error the caller logs and ignores.
+    pub async fn range(&self, key: &str, prefix: bool) -> Result<(i64, Vec<Result<Kv, BadRecord>>), EtcdError> {
         let mut body = json!({ "key": base64::encode(key.as_bytes()) });
         if prefix {
             body["range_end"] = json!(base64::encode(&prefix_end(key)));
         }
         let value = self.call("/v3/kv/range", body).await?;
         let kvs = value.get("kvs").and_then(Value::as_array).map(|a| a.iter().map(kv).collect()).unwrap_or_default();
-        Ok((revision(&value), kvs))
+        Ok((revision(&value)?, kvs))
     }
 
     pub async fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
@@ -268,11 +332,11 @@ impl Client {
         if lease != 0 {
             body["lease"] = json!(lease.to_string());
         }
-        Ok(revision(&self.call("/v3/kv/put", body).await?))
+        revision(&self.call("/v3/kv/put", body).await?)
     }
 
     pub async fn delete(&self, key: &str) -> Result<i64, EtcdError> {
-        Ok(revision(&self.call("/v3/kv/deleterange", json!({ "key": base64::encode(key.as_bytes()) })).await?))
+        revision(&self.call("/v3/kv/deleterange", json!({ "key": base64::encode(key.as_bytes()) })).await?)
     }
 
     /// A transaction: `success` if every comparison holds, else nothing.
@@ -306,22 +370,26 @@ impl Client {
             .collect();
         let value = self.call("/v3/kv/txn", json!({ "compare": compare, "success": success })).await?;
         // The gateway leaves `succeeded` out when it is false.
-        Ok((value.get("succeeded").and_then(Value::as_bool).unwrap_or(false), revision(&value)))
+        Ok((value.get("succeeded").and_then(Value::as_bool).unwrap_or(false), revision(&value)?))
     }
 
     /// Creates a lease of `ttl` seconds; returns its id.
     pub async fn grant(&self, ttl: u64) -> Result<i64, EtcdError> {
         let value = self.call("/v3/lease/grant", json!({ "TTL": ttl.to_string() })).await?;
         match value.get("ID").map(num) {
-            Some(id) if id != 0 => Ok(id),
+            Some(Ok(id)) if id != 0 => Ok(id),
             _ => Err(EtcdError::Refused(format!("no lease granted: {value}"))),
         }
     }
 
-    /// Renews a lease; returns the seconds it has left (0: it is gone).
+    /// Renews a lease; returns the seconds it has left (0: it is gone, and
+    /// proto3 leaves the TTL out).
     pub async fn keep_alive(&self, lease: i64) -> Result<i64, EtcdError> {
         let value = self.call("/v3/lease/keepalive", json!({ "ID": lease.to_string() })).await?;
-        Ok(value.get("result").and_then(|r| r.get("TTL")).map_or(0, num))
+        let Some(result) = value.get("result") else {
+            return Err(EtcdError::Malformed(format!("keepalive without a result: {}", excerpt(&value))));
+        };
+        num_or_zero(result, "TTL").map_err(|e| EtcdError::Malformed(format!("keepalive {e} in {}", excerpt(&value))))
     }
 
     pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
@@ -413,15 +481,55 @@ pub struct Watch {
 }
 
 /// What one watch message says.
+#[derive(Debug, PartialEq)]
 pub enum WatchMessage {
-    Events {
-        revision: i64,
-        events: Vec<Event>,
-    },
+    /// Changes in revision order; one that does not decode is there as the
+    /// error the caller logs and ignores.
+    Events { revision: i64, events: Vec<Result<Event, BadRecord>> },
     /// The start revision was compacted away: read everything again.
-    Compacted {
-        revision: i64,
-    },
+    Compacted { revision: i64 },
+}
+
+/// One change in a watch message: a `kv`, and a `type` that proto3 leaves
+/// out for a put.
+fn event(e: &Value) -> Result<Event, BadRecord> {
+    let deleted = match e.get("type").map(|t| t.as_str()) {
+        None | Some(Some("PUT")) => false,
+        Some(Some("DELETE")) => true,
+        Some(_) => return Err(BadRecord(format!("an event of unknown type in {}", excerpt(e)))),
+    };
+    match e.get("kv") {
+        Some(kv_value) => Ok(Event { deleted, kv: kv(kv_value)? }),
+        None => Err(BadRecord(format!("an event without kv in {}", excerpt(e)))),
+    }
+}
+
+/// One line of the watch stream: a message, or None for one that carries
+/// no change (the watch's creation, progress notices, blank lines).
+fn watch_message(line: &[u8]) -> Result<Option<WatchMessage>, EtcdError> {
+    let value = match serde_json::from_slice::<Value>(line) {
+        Ok(value) => value,
+        Err(_) if line.trim_ascii().is_empty() => return Ok(None),
+        // Skipping it could skip changes: the watch resumes from the last revision applied.
+        Err(e) => return Err(EtcdError::Malformed(format!("watch: a line that is not JSON ({e})"))),
+    };
+    if let Some(error) = value.get("error") {
+        return Err(EtcdError::Refused(format!("watch: {error}")));
+    }
+    let Some(result) = value.get("result") else { return Ok(None) };
+    let compacted = num_or_zero(result, "compact_revision").map_err(|e| EtcdError::Malformed(format!("watch: {e}")))?;
+    if compacted != 0 {
+        return Ok(Some(WatchMessage::Compacted { revision: compacted }));
+    }
+    if result.get("canceled").and_then(Value::as_bool) == Some(true) {
+        return Err(EtcdError::Refused(format!("watch canceled: {result}")));
+    }
+    let events: Vec<Result<Event, BadRecord>> =
+        result.get("events").and_then(Value::as_array).map(|list| list.iter().map(event).collect()).unwrap_or_default();
+    if events.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(WatchMessage::Events { revision: revision(result)?, events }))
 }
 
 impl Watch {
@@ -430,36 +538,10 @@ impl Watch {
         loop {
             if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                let Ok(value) = serde_json::from_slice::<Value>(&line) else { continue };
-                if let Some(error) = value.get("error") {
-                    return Err(EtcdError::Refused(format!("watch: {error}")));
+                if let Some(message) = watch_message(&line)? {
+                    return Ok(message);
                 }
-                let Some(result) = value.get("result") else { continue };
-                let compacted = result.get("compact_revision").map_or(0, num);
-                if compacted != 0 {
-                    return Ok(WatchMessage::Compacted { revision: compacted });
-                }
-                if result.get("canceled").and_then(Value::as_bool) == Some(true) {
-                    return Err(EtcdError::Refused(format!("watch canceled: {result}")));
-                }
-                let events: Vec<Event> = result
-                    .get("events")
-                    .and_then(Value::as_array)
-                    .map(|list| {
-                        list.iter()
-                            .filter_map(|e| {
-                                Some(Event {
-                                    deleted: e.get("type").and_then(Value::as_str) == Some("DELETE"),
-                                    kv: kv(e.get("kv")?),
-                                })
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if events.is_empty() {
-                    continue;
-                }
-                return Ok(WatchMessage::Events { revision: revision(result), events });
+                continue;
             }
             match self.body.frame().await {
                 Some(Ok(frame)) => {
@@ -495,7 +577,124 @@ mod tests {
         .unwrap();
         assert_eq!(
             kv(&v),
-            Kv { key: "foo".into(), value: b"baz".to_vec(), mod_revision: 3, create_revision: 2, lease: 7 }
+            Ok(Kv { key: "foo".into(), value: b"baz".to_vec(), mod_revision: 3, create_revision: 2, lease: 7 })
         );
+    }
+
+    fn json(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn numbers_are_64_bit_integers_never_negative() {
+        assert_eq!(num(&json(r#""42""#)), Ok(42));
+        assert_eq!(num(&json("42")), Ok(42));
+        assert_eq!(num(&json(r#""0""#)), Ok(0));
+        for bad in [r#""-1""#, "-1", r#""""#, r#""4x""#, r#""1.5""#, "1.5", "true", "null", r#""99999999999999999999""#]
+        {
+            assert!(num(&json(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fields_the_gateway_leaves_out_when_zero_read_as_zero() {
+        // A deleted key as a watch reports it: no value, create_revision or
+        // lease (proto3's JSON mapping leaves zeros and empties out).
+        let deleted = kv(&json(r#"{"key":"Zm9v","mod_revision":"9"}"#));
+        let want = Kv { key: "foo".into(), value: Vec::new(), mod_revision: 9, create_revision: 0, lease: 0 };
+        assert_eq!(deleted, Ok(want));
+    }
+
+    #[test]
+    fn a_key_that_does_not_decode_is_refused_whole() {
+        let good = json(r#"{"key":"Zm9v","create_revision":"2","mod_revision":"3","value":"YmF6","lease":"7"}"#);
+        assert!(kv(&good).is_ok());
+        for (field, value, why) in [
+            ("value", Some(json(r#""not base64!""#)), "value"),
+            ("value", Some(json("5")), "value"),
+            ("key", None, "key"),
+            ("key", Some(json(r#""Zm9""#)), "key"),
+            ("key", Some(json(r#""/w==""#)), "key"),
+            ("key", Some(json(r#""""#)), "key"),
+            ("mod_revision", None, "mod_revision"),
+            ("mod_revision", Some(json(r#""0""#)), "mod_revision"),
+            ("mod_revision", Some(json(r#""-3""#)), "mod_revision"),
+            ("create_revision", Some(json(r#""-1""#)), "create_revision"),
+            ("lease", Some(json(r#""x""#)), "lease"),
+            ("lease", Some(json(r#""-7""#)), "lease"),
+        ] {
+            let mut record = good.clone();
+            match value {
+                Some(value) => record[field] = value,
+                None => {
+                    record.as_object_mut().unwrap().remove(field);
+                }
+            }
+            let refused = kv(&record).expect_err(&record.to_string()).to_string();
+            assert!(refused.contains(why), "{refused} for {record}");
+        }
+    }
+
+    #[test]
+    fn an_answer_without_a_revision_is_refused() {
+        assert_eq!(revision(&json(r#"{"header":{"revision":"12"}}"#)), Ok(12));
+        for bad in [
+            r#"{}"#,
+            r#"{"header":{}}"#,
+            r#"{"header":{"revision":"0"}}"#,
+            r#"{"header":{"revision":"-5"}}"#,
+            r#"{"header":{"revision":"x"}}"#,
+        ] {
+            assert!(matches!(revision(&json(bad)), Err(EtcdError::Malformed(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_watch_message_keeps_its_good_events_and_refuses_its_bad_ones() {
+        let line = br#"{"result":{"header":{"revision":"9"},"events":[
+            {"kv":{"key":"YQ==","mod_revision":"7","create_revision":"7","value":"MQ=="}},
+            {"kv":{"key":"Yg==","mod_revision":"8","create_revision":"8","value":"***"}},
+            {"type":"BOGUS","kv":{"key":"Yw==","mod_revision":"8"}},
+            {"type":"PUT"},
+            {"type":"DELETE","kv":{"key":"YQ==","mod_revision":"9"}}]}}"#
+            .iter()
+            .filter(|&&b| b != b'\n')
+            .copied()
+            .collect::<Vec<u8>>();
+        let Ok(Some(WatchMessage::Events { revision, events })) = watch_message(&line) else {
+            panic!("{:?}", watch_message(&line))
+        };
+        assert_eq!(revision, 9);
+        let a = |value: &[u8], rev, create| Kv {
+            key: "a".into(),
+            value: value.to_vec(),
+            mod_revision: rev,
+            create_revision: create,
+            lease: 0,
+        };
+        assert_eq!(events.len(), 5);
+        assert_eq!(events[0], Ok(Event { deleted: false, kv: a(b"1", 7, 7) }));
+        assert!(events[1].as_ref().is_err_and(|e| e.to_string().contains("value")), "{:?}", events[1]);
+        assert!(events[2].as_ref().is_err_and(|e| e.to_string().contains("type")), "{:?}", events[2]);
+        assert!(events[3].as_ref().is_err(), "an event without kv: {:?}", events[3]);
+        assert_eq!(events[4], Ok(Event { deleted: true, kv: a(b"", 9, 0) }));
+    }
+
+    #[test]
+    fn a_watch_message_that_does_not_say_what_a_watch_says_is_refused() {
+        let events = r#""events":[{"kv":{"key":"YQ==","mod_revision":"7"}}]"#;
+        for bad in [
+            format!(r#"{{"result":{{{events}}}}}"#),
+            format!(r#"{{"result":{{"header":{{"revision":"-9"}},{events}}}}}"#),
+            r#"{"result":{"header":{"revision":"9"},"compact_revision":"-1"}}"#.to_string(),
+            "not json".to_string(),
+        ] {
+            assert!(matches!(watch_message(bad.as_bytes()), Err(EtcdError::Malformed(_))), "{bad}");
+        }
+        let compacted = br#"{"result":{"header":{"revision":"9"},"compact_revision":"5"}}"#;
+        assert_eq!(watch_message(compacted), Ok(Some(WatchMessage::Compacted { revision: 5 })));
+        let created = br#"{"result":{"header":{"revision":"3"},"created":true}}"#;
+        assert_eq!(watch_message(created), Ok(None));
+        assert_eq!(watch_message(b"\r\n"), Ok(None));
     }
 }

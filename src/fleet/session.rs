@@ -3,7 +3,7 @@
 //! everything that depends on the lease stops at once, and a new session
 //! starts when etcd answers again, resynchronising from its revision.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -11,9 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::etcd::{Client, Compare, EtcdError, Op, WatchMessage};
+use super::etcd::{BadRecord, Client, Compare, EtcdError, Event, Op, WatchMessage};
 use super::{CountersRecord, Fleet, Note, ReplicaRecord, Request, RouteChange, RouteRecord, View, WriteError};
-use crate::config::Fleet as FleetConfig;
+use crate::config::{Config, Fleet as FleetConfig};
 use crate::control::{Command, Handle};
 use crate::metrics::{FleetMetrics, Metrics, Totals};
 use crate::proxy::Shared;
@@ -57,6 +57,7 @@ pub fn start(
         published: HashMap::new(),
         hash: (0, String::new()),
         lease: 0,
+        unknown: UnknownRoutes::default(),
     };
     let thread = std::thread::Builder::new()
         .name("cutover-fleet".into())
@@ -94,6 +95,52 @@ struct Session {
     hash: (u64, String),
     /// The current session's lease.
     lease: i64,
+    unknown: UnknownRoutes,
+}
+
+/// Routes named in etcd that this replica's config does not have.
+#[derive(Default)]
+struct UnknownRoutes {
+    logged: HashSet<String>,
+    /// LIMIT names were logged: no more are (a flood of names grows no memory).
+    full: bool,
+}
+
+impl UnknownRoutes {
+    const LIMIT: usize = 256;
+
+    /// Whether `route` is one of `config`'s. A record for another (from a
+    /// replica with another config, or a hand with etcdctl) must create no
+    /// state here: the caller ignores it, and the first for each name is logged.
+    fn configured(&mut self, config: &Config, route: &str, key: &str) -> bool {
+        if config.route(route).is_some() {
+            return true;
+        }
+        self.log_once(route, key);
+        false
+    }
+
+    /// Logs `route` the first time it is seen; whether it logged a line.
+    fn log_once(&mut self, route: &str, key: &str) -> bool {
+        if self.full || self.logged.contains(route) {
+            return false;
+        }
+        if self.logged.len() == Self::LIMIT {
+            self.full = true;
+            tracing::warn!(
+                limit = Self::LIMIT,
+                "fleet: records for yet more routes this config lacks; no more are logged"
+            );
+            return true;
+        }
+        tracing::warn!(
+            route = ?route,
+            key = ?key,
+            "fleet: ignored a record for a route this config does not have (logged once per route)"
+        );
+        self.logged.insert(route.to_string());
+        true
+    }
 }
 
 /// Why a session ended.
@@ -272,27 +319,45 @@ impl Session {
             view.counters.clear();
             view.windows.clear();
         }
-        let events = kvs.into_iter().map(|kv| super::etcd::Event { deleted: false, kv }).collect();
+        let events = kvs.into_iter().map(|kv| kv.map(|kv| Event { deleted: false, kv })).collect();
         self.apply_events(events);
         self.view().applied_revision = revision;
         self.metrics.applied_revision.set(revision);
         Ok(revision)
     }
 
-    fn apply_events(&mut self, events: Vec<super::etcd::Event>) {
+    fn apply_events(&mut self, events: Vec<Result<Event, BadRecord>>) {
         let prefix = format!("{}/", self.fleet.prefix);
+        let config = self.shared.snapshot.load().config.clone();
         let mut routes = Vec::new();
         let mut view = self.fleet.view.lock().unwrap_or_else(|p| p.into_inner());
         for event in events {
+            let event = match event {
+                Ok(event) => event,
+                Err(bad) => {
+                    tracing::warn!("fleet: ignored a record that does not decode: {bad}");
+                    continue;
+                }
+            };
             let Some(rest) = event.kv.key.strip_prefix(&prefix) else { continue };
             let revision = event.kv.mod_revision;
             view.applied_revision = view.applied_revision.max(revision);
+            let route = match rest.split_once('/') {
+                Some(("routes" | "drivers", route)) => Some(route),
+                Some(("counters", rest)) => rest.rsplit_once('/').map(|(route, _)| route),
+                _ => None,
+            };
+            if let Some(route) = route
+                && !self.unknown.configured(&config, route, &event.kv.key)
+            {
+                continue;
+            }
             let value = (!event.deleted).then_some(&event.kv.value);
             match rest.split_once('/') {
                 Some(("routes", route)) => {
                     let record = value.and_then(|v| serde_json::from_slice::<RouteRecord>(v).ok());
                     if value.is_some() && record.is_none() {
-                        tracing::warn!(key = %event.kv.key, "fleet: ignored a route record that does not parse");
+                        tracing::warn!(key = ?event.kv.key, "fleet: ignored a route record that does not parse");
                         continue;
                     }
                     match record.as_ref().and_then(|r| r.state.rollout.as_ref().and(r.window.clone())) {
@@ -435,6 +500,7 @@ impl Session {
                             let by = match client.range(&key, false).await {
                                 Ok((_, kvs)) => kvs
                                     .first()
+                                    .and_then(|kv| kv.as_ref().ok())
                                     .and_then(|kv| serde_json::from_slice::<RouteRecord>(&kv.value).ok())
                                     .map(|r| format!(" (last changed on {} by {}: {})", r.by, r.actor, r.kind)),
                                 Err(_) => None,
@@ -506,5 +572,25 @@ fn route_totals(shared: &Shared, route: &str) -> [Totals; 2] {
     match snapshot.routes.iter().find(|r| &*r.metrics.route == route) {
         Some(data) => Version::ALL.map(|v| data.metrics.version(v).totals()),
         None => Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_route_is_logged_once_and_the_names_kept_are_bounded() {
+        let mut unknown = UnknownRoutes::default();
+        assert!(unknown.log_once("ghost", "/p/routes/ghost"));
+        assert!(!unknown.log_once("ghost", "/p/drivers/ghost"), "once per name, whatever the key");
+        assert!(unknown.log_once("phantom", "/p/routes/phantom"));
+        for i in 2..UnknownRoutes::LIMIT {
+            assert!(unknown.log_once(&format!("r{i}"), "k"));
+        }
+        assert!(unknown.log_once("one-more", "k"), "the line that says no more are logged");
+        assert!(!unknown.log_once("yet-another", "k"));
+        assert!(!unknown.log_once("ghost", "k"));
+        assert_eq!(unknown.logged.len(), UnknownRoutes::LIMIT);
     }
 }

@@ -19,34 +19,54 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// never forwarded, whatever `Connection` says.
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// A Host value, or an authority used as one: uri-host [":" port] and no
-/// user info (RFC 9110 §7.2, §4.2.4): unreserved, sub-delims, `%`, `:` and
-/// the brackets of an IP literal.
+/// A Host value, or an authority used as one: `uri-host [":" port]` and no
+/// user info (RFC 9110 §7.2, §4.2.4; RFC 3986 §3.2.2, §3.2.3). The host is
+/// an IPv6 literal in brackets or a reg-name (an IPv4 address is one):
+/// unreserved, sub-delims and percent-encoded octets, never empty — `:80`
+/// names no host to route by (RFC 9110 §4.2.1 makes an http URI with an
+/// empty host invalid). The port is digits; an empty port (`host:`) is in
+/// the grammar and means the default port (RFC 3986 §6.2.3). An empty value
+/// is no Host at all (RFC 9110 §7.2): the callers treat it as absent.
 pub fn valid_host(value: &[u8]) -> bool {
-    value.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b':'
-                    | b'['
-                    | b']'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
-    })
+    if value.is_empty() {
+        return true;
+    }
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(literal) => match literal.iter().position(|&b| b == b']') {
+            Some(end) => (ipv6_literal(&literal[..end]), &literal[end + 1..]),
+            None => return false,
+        },
+        None => {
+            let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+            (reg_name(&value[..end]), &value[end..])
+        }
+    };
+    host && match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
+}
+
+/// The inside of an IP literal: an IPv6 address (no IPvFuture, no zone).
+fn ipv6_literal(text: &[u8]) -> bool {
+    std::str::from_utf8(text).is_ok_and(|t| t.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
+/// A reg-name that is not empty (RFC 3986 §3.2.2): unreserved, sub-delims
+/// and percent-encoded octets.
+fn reg_name(mut name: &[u8]) -> bool {
+    if name.is_empty() {
+        return false;
+    }
+    while let Some((&b, rest)) = name.split_first() {
+        name = match (b, rest) {
+            (b'%', [high, low, rest @ ..]) if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() => rest,
+            _ if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => rest,
+            _ => return false,
+        };
+    }
+    true
 }
 
 /// A Content-Length value (RFC 9110 §8.6): one or more digits, nothing else
@@ -68,7 +88,11 @@ pub fn content_length(digits: &[u8]) -> Option<u64> {
 /// and the same as `:authority` when both are there (a differing one makes
 /// the request malformed rather than being replaced: the client meant one
 /// of two hosts, and cutover does not guess which). The backend then gets
-/// exactly one `Host`: the authority. `Err`: the 400 answer's text.
+/// exactly one `Host`: the authority. A request with neither `:authority`
+/// nor a `host` (an empty one is none) is malformed too: an http or https
+/// target URI has a host (RFC 9110 §4.2.1), and without one there is none
+/// to route by nor to give the HTTP/1.1 backend, which needs a Host (RFC
+/// 9112 §3.2). `Err`: the 400 answer's text.
 pub fn h2_host(uri: &http::Uri, headers: &mut HeaderMap) -> Result<(), &'static str> {
     let authority = uri.authority().map(|a| a.as_str());
     if let Some(authority) = authority {
@@ -80,17 +104,20 @@ pub fn h2_host(uri: &http::Uri, headers: &mut HeaderMap) -> Result<(), &'static 
         }
     }
     let mut hosts = headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
+    let host = match (hosts.next(), hosts.next()) {
         (_, Some(_)) => return Err("400 Bad Request: more than one host field\n"),
-        (Some(host), None) => {
-            if !valid_host(host.as_bytes()) {
-                return Err("400 Bad Request: invalid host field\n");
-            }
-            if authority.is_some_and(|a| !a.as_bytes().eq_ignore_ascii_case(host.as_bytes())) {
-                return Err("400 Bad Request: host field differs from :authority\n");
-            }
+        (host, None) => host,
+    };
+    if let Some(host) = host {
+        if !valid_host(host.as_bytes()) {
+            return Err("400 Bad Request: invalid host field\n");
         }
-        (None, None) => {}
+        if authority.is_some_and(|a| !a.as_bytes().eq_ignore_ascii_case(host.as_bytes())) {
+            return Err("400 Bad Request: host field differs from :authority\n");
+        }
+    }
+    if authority.is_none() && host.is_none_or(HeaderValue::is_empty) {
+        return Err("400 Bad Request: no :authority or host field\n");
     }
     if let Some(value) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
         headers.insert(header::HOST, value);
@@ -499,6 +526,9 @@ mod tests {
             ("https://u:p@shop.example.com/", &[], "user info in :authority"),
             ("/a", &[("host", "a b")], "invalid host field"),
             ("https://:443/", &[], "invalid :authority"),
+            ("https://shop.example.com:https/", &[], "invalid :authority"),
+            ("/a", &[], "no :authority or host field"),
+            ("/a", &[("host", "")], "no :authority or host field"),
         ] {
             let uri: http::Uri = uri.parse().unwrap();
             let err = h2_host(&uri, &mut map(fields)).expect_err(why);
@@ -506,6 +536,46 @@ mod tests {
         }
         let mut h = map(&[("host", "shop.example.com")]);
         assert_eq!(h2_host(&"/a".parse().unwrap(), &mut h), Ok(()), "no :authority: the host field is the host");
+    }
+
+    #[test]
+    fn a_host_is_a_host_and_an_optional_port() {
+        for good in [
+            "shop.example.com",
+            "shop.example.com:8080",
+            "shop.example.com:",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8443",
+            "[2001:db8::192.0.2.1]:",
+            "xn--bcher-kva.example",
+            "caf%C3%A9.example",
+            "a-b_c~d!$&'()*+,;=",
+            "",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            ":80",
+            ":",
+            "shop.example.com:abc",
+            "shop.example.com:80:80",
+            "a:b",
+            "[::1",
+            "[::1]x",
+            "[::1]:8x",
+            "[zz]:80",
+            "[v1.x]",
+            "[fe80::1%25eth0]",
+            "::1",
+            "%zz.example",
+            "%4",
+            "a b",
+            "user@host",
+            "exa/mple.com",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
     }
 
     #[test]

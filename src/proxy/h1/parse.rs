@@ -58,7 +58,10 @@ fn bad(reason: &'static str) -> Rejection {
 /// A request line longer than this, in a head too large, gets 414 (URI Too Long).
 const MAX_REQUEST_LINE: usize = 16 * 1024;
 
-/// Whether the request line ends in a well-formed HTTP version other than 1.x.
+/// Whether the request line ends in a well-formed HTTP version other than
+/// 1.x: `HTTP/d.d`, or `HTTP/d` as HTTP/2 and HTTP/3 name themselves.
+/// `HTTP/1` alone is no version (RFC 9112 §2.3: `HTTP/1.` and a minor
+/// digit): a malformed request line, not one this server lacks.
 fn other_http_version(buf: &[u8]) -> bool {
     let line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -66,9 +69,11 @@ fn other_http_version(buf: &[u8]) -> bool {
         return false;
     }
     match line.rsplit(|&b| b == b' ').next() {
-        Some([b'H', b'T', b'T', b'P', b'/', major, rest @ ..]) => {
-            major.is_ascii_digit() && (rest.is_empty() || matches!(rest, [b'.', minor] if minor.is_ascii_digit()))
-        }
+        Some([b'H', b'T', b'T', b'P', b'/', major, rest @ ..]) if major.is_ascii_digit() => match rest {
+            [] => *major != b'1',
+            [b'.', minor] => minor.is_ascii_digit(),
+            _ => false,
+        },
         _ => false,
     }
 }
