@@ -59,15 +59,35 @@ fn reg_name(mut name: &[u8]) -> bool {
     if name.is_empty() {
         return false;
     }
+    // Most names have no percent-encoding: one table lookup per byte.
+    if name.iter().all(|&b| REG_NAME[usize::from(b)]) {
+        return true;
+    }
     while let Some((&b, rest)) = name.split_first() {
         name = match (b, rest) {
             (b'%', [high, low, rest @ ..]) if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() => rest,
-            _ if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => rest,
+            _ if REG_NAME[usize::from(b)] => rest,
             _ => return false,
         };
     }
     true
 }
+
+/// The bytes a reg-name holds as they are: unreserved and sub-delims.
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+            );
+        i += 1;
+    }
+    table
+};
 
 /// A Content-Length value (RFC 9110 §8.6): one or more digits, nothing else
 /// (no sign, no space). Leading zeros are valid however many there are;
