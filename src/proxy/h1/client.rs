@@ -506,7 +506,7 @@ fn build(
     let mut chunked_last = false;
     let (mut close, mut keep_alive) = (false, false);
     for &(ns, ne, vs, ve) in spans {
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| protocol("invalid field name"))?;
+        let name = super::maps::field_name(&head[ns..ne]).map_err(|_| protocol("invalid field name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| protocol("invalid field value"))?;
         let bytes = &head[vs..ve];
         if name == header::CONTENT_LENGTH {
@@ -523,10 +523,22 @@ fn build(
                 chunked_last = coding.eq_ignore_ascii_case(b"chunked");
             }
         } else if name == header::CONNECTION {
+            let mut names_fields = false;
             for token in bytes.split(|&b| b == b',').map(trim) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let (c, k) = (token.eq_ignore_ascii_case(b"close"), token.eq_ignore_ascii_case(b"keep-alive"));
+                close |= c;
+                keep_alive |= k;
+                names_fields |= !c && !k && !token.is_empty();
             }
+            // Hop-by-hop, and read here: kept only when it names other
+            // fields (`upgrade` on a 101), which the service then removes
+            // or keeps as for any message.
+            if !names_fields {
+                continue;
+            }
+        } else if name.as_str() == "keep-alive" {
+            // Hop-by-hop (RFC 9110 §7.6.1): never forwarded.
+            continue;
         }
         headers.append(name, value);
     }

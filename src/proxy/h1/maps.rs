@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 
 use http::HeaderMap;
+use http::header::HeaderName;
 
 /// Maps kept per thread; more are dropped.
 const KEPT: usize = 64;
@@ -40,9 +41,95 @@ pub(super) fn give(mut map: HeaderMap) {
     });
 }
 
+/// The field names most heads carry, by length: matched without the
+/// table walk of [`HeaderName::from_bytes`] (which lowercases every name into
+/// a buffer before it looks it up).
+fn common_name(name: &[u8]) -> Option<HeaderName> {
+    use http::header::*;
+    let is = |text: &[u8]| name.eq_ignore_ascii_case(text);
+    Some(match name.len() {
+        4 if is(b"host") => HOST,
+        4 if is(b"date") => DATE,
+        6 if is(b"cookie") => COOKIE,
+        6 if is(b"accept") => ACCEPT,
+        6 if is(b"server") => SERVER,
+        10 if is(b"user-agent") => USER_AGENT,
+        10 if is(b"connection") => CONNECTION,
+        12 if is(b"content-type") => CONTENT_TYPE,
+        14 if is(b"content-length") => CONTENT_LENGTH,
+        15 if is(b"accept-encoding") => ACCEPT_ENCODING,
+        15 if is(b"accept-language") => ACCEPT_LANGUAGE,
+        _ => return None,
+    })
+}
+
+/// A field name from a head: the same name (or the same refusal) as
+/// [`HeaderName::from_bytes`], cheaper for the common ones.
+pub(super) fn field_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    match common_name(name) {
+        Some(known) => Ok(known),
+        None => HeaderName::from_bytes(name),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_names_are_those_of_the_http_crate() {
+        let names = [
+            "host",
+            "Host",
+            "HOST",
+            "date",
+            "Date",
+            "cookie",
+            "Cookie",
+            "accept",
+            "server",
+            "Server",
+            "origin",
+            "referer",
+            "upgrade",
+            "User-Agent",
+            "user-agent",
+            "connection",
+            "Connection",
+            "set-cookie",
+            "Set-Cookie",
+            "content-type",
+            "Content-Type",
+            "cache-control",
+            "last-modified",
+            "authorization",
+            "Content-Length",
+            "content-length",
+            "CONTENT-LENGTH",
+            "accept-encoding",
+            "Accept-Language",
+            "hosts",
+            "hos",
+            "hosT ",
+            "host:",
+            "x-request-id",
+            "X-Forwarded-For",
+            "keep-alive",
+            "",
+            "h\u{e9}st",
+            "ho st",
+            "content_length",
+        ];
+        for name in names {
+            let ours = field_name(name.as_bytes());
+            let theirs = HeaderName::from_bytes(name.as_bytes());
+            match (&ours, &theirs) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{name:?}"),
+                (Err(_), Err(_)) => {}
+                _ => panic!("{name:?}: {ours:?} against {theirs:?}"),
+            }
+        }
+    }
 
     #[test]
     fn a_map_given_back_comes_back_empty() {

@@ -7,7 +7,7 @@
 //! byte of such a body is ever read as the next request.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
 pub(super) use super::super::headers::content_length;
@@ -181,7 +181,7 @@ fn build(
     let (mut expect_continue, mut trailers) = (false, false);
     let mut hosts = 0;
     for &(ns, ne, vs, ve) in spans {
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| bad("invalid field name"))?;
+        let name = super::maps::field_name(&head[ns..ne]).map_err(|_| bad("invalid field name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| bad("invalid field value"))?;
         let bytes = &head[vs..ve];
         if name == header::CONTENT_LENGTH {
