@@ -317,7 +317,10 @@ impl Conn {
         };
         tokio::pin!(wait);
         loop {
+            // Biased: woken by the client's bytes, the read is polled first
+            // and the timers are not looked at.
             tokio::select! {
+                biased;
                 got = &mut wait => return got,
                 _ = timers.idle.as_mut() => {
                     if Instant::now() >= until {
@@ -589,6 +592,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
         // a request in flight (a few KiB) while it waits.
         let mut service = Box::pin(service::handle(worker.clone(), info.clone(), request.map(|()| body)));
         let answered = tokio::select! {
+            biased;
             answered = &mut service => answered,
             () = conn.client_gone(), if watch => {
                 tracing::debug!(%peer, "client closed the connection before its answer");
