@@ -547,7 +547,15 @@ pub struct FleetMetrics {
     pub replicas: IntGauge,
     pub applied_revision: IntGauge,
     pub driver: IntGaugeVec,
+    /// Records read from etcd and ignored, by why (see [`IGNORED_REASONS`]).
+    pub ignored_records: IntCounterVec,
 }
+
+/// Why a record from etcd was ignored: its key or value does not decode
+/// (`undecodable`), a route record is not valid JSON of its shape
+/// (`unparsable`), or it names a route this replica's config does not have
+/// (`unknown_route`).
+pub const IGNORED_REASONS: [&str; 3] = ["undecodable", "unparsable", "unknown_route"];
 
 impl Metrics {
     /// The fleet series, registered on first use.
@@ -565,6 +573,19 @@ impl Metrics {
                 )
                 .expect("valid metric");
                 let _ = self.registry.register(Box::new(driver.clone()));
+                let ignored_records = IntCounterVec::new(
+                    Opts::new(
+                        "cutover_fleet_ignored_records_total",
+                        "Records read from etcd and ignored (they do not decode, do not parse, or name a route this config lacks)",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric");
+                let _ = self.registry.register(Box::new(ignored_records.clone()));
+                // At 0 from the start, so that rate() and alerts see the series.
+                for reason in IGNORED_REASONS {
+                    ignored_records.with_label_values(&[reason]);
+                }
                 FleetMetrics {
                     connected: gauge("cutover_fleet_connected", "1 while the fleet store (etcd) is reachable"),
                     replicas: gauge("cutover_fleet_replicas", "Live replicas of this front door seen in etcd"),
@@ -573,6 +594,7 @@ impl Metrics {
                         "The newest etcd revision this replica has applied",
                     ),
                     driver,
+                    ignored_records,
                 }
             })
             .clone()

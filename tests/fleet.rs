@@ -476,6 +476,14 @@ async fn hostile_records_in_etcd_are_ignored_not_a_crash() {
     put(state("")).await;
     fleet.wait_all("weight 25 from etcd", |r| r["weight"] == json!(25.0)).await;
     assert_eq!(get(fleet.at(0).addr(), "/", &[]).await.status, StatusCode::OK);
+    // "not json" was counted as a record that does not parse.
+    let text = fleet.at(0).metrics();
+    assert!(counter(&text, r#"cutover_fleet_ignored_records_total{reason="unparsable"}"#) >= 1, "{text}");
+}
+
+/// The value of the sample `series` (name and labels as exposed) in `text`; 0 when absent.
+fn counter(text: &str, series: &str) -> u64 {
+    text.lines().find_map(|line| line.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
 }
 
 /// Records for a route this replica's config does not have (a replica with
@@ -517,6 +525,10 @@ async fn records_for_a_route_this_replica_does_not_have_create_no_state() {
     }
     let text = fleet.at(0).metrics();
     assert!(!text.contains("ghost"), "{text}");
+    // The four records were counted as ignored (a resync, after a lost
+    // session, would read and count them again).
+    let ignored = counter(&text, r#"cutover_fleet_ignored_records_total{reason="unknown_route"}"#);
+    assert!(ignored >= 4, "{text}");
     let (status, _) = call(fleet.at(0), Method::GET, "/v1/routes/ghost", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -336,6 +336,7 @@ impl Session {
                 Ok(event) => event,
                 Err(bad) => {
                     tracing::warn!("fleet: ignored a record that does not decode: {bad}");
+                    self.metrics.ignored_records.with_label_values(&["undecodable"]).inc();
                     continue;
                 }
             };
@@ -350,6 +351,7 @@ impl Session {
             if let Some(route) = route
                 && !self.unknown.configured(&config, route, &event.kv.key)
             {
+                self.metrics.ignored_records.with_label_values(&["unknown_route"]).inc();
                 continue;
             }
             let value = (!event.deleted).then_some(&event.kv.value);
@@ -358,6 +360,7 @@ impl Session {
                     let record = value.and_then(|v| serde_json::from_slice::<RouteRecord>(v).ok());
                     if value.is_some() && record.is_none() {
                         tracing::warn!(key = ?event.kv.key, "fleet: ignored a route record that does not parse");
+                        self.metrics.ignored_records.with_label_values(&["unparsable"]).inc();
                         continue;
                     }
                     match record.as_ref().and_then(|r| r.state.rollout.as_ref().and(r.window.clone())) {
