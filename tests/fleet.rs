@@ -656,3 +656,75 @@ async fn replicas_sign_in_to_an_etcd_with_authentication_on() {
     let (status, _) = call(&c, Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 50}))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// Stands between the replica and etcd: passes every connection through,
+/// but answers each watch itself with its `created` message and then ends
+/// it, as a broken gateway or proxy might. Counts the watches opened.
+async fn watch_breaker(
+    etcd: std::net::SocketAddr,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let watches = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = watches.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while common::wire::find(&head, b"\r\n\r\n").is_none() {
+                    if !matches!(client.read_buf(&mut head).await, Ok(n) if n > 0) || head.len() > 65536 {
+                        return;
+                    }
+                }
+                if head.starts_with(b"POST /v3/watch ") {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let created = "{\"result\":{\"header\":{\"revision\":\"1\"},\"created\":true}}\n";
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{created}\r\n0\r\n\r\n",
+                        created.len()
+                    );
+                    let _ = client.write_all(answer.as_bytes()).await;
+                    return;
+                }
+                let Ok(mut server) = tokio::net::TcpStream::connect(etcd).await else { return };
+                if server.write_all(&head).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (addr, watches)
+}
+
+/// A watch that breaks as soon as it opens is resumed after a pause that
+/// grows (50 ms doubling to 2 s), not in a busy loop; the replica stays
+/// connected and serving meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_keeps_breaking_is_resumed_ever_more_slowly() {
+    let etcd = Etcd::start();
+    let url = etcd.urls()[0].clone();
+    let etcd_addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let (breaker, watches) = watch_breaker(etcd_addr).await;
+    let stable = Backend::named("stable").await;
+    let canary = Backend::named("canary").await;
+    let section = format!(
+        "[fleet]\netcd = [\"http://{breaker}\"]\nprefix = {:?}\nname = \"proxy-0\"\nlease = \"2s\"\n",
+        prefix()
+    );
+    let proxy = Proxy::start(&two_pool_config(stable.addr, canary.addr, 0.0, &section));
+    let opened = until(WAIT, || async { watches.load(std::sync::atomic::Ordering::SeqCst) >= 1 }).await;
+    assert!(opened, "no watch was opened");
+    let first = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let count = watches.load(std::sync::atomic::Ordering::SeqCst);
+    // Pauses 0, 0, 50, 100, 200, 400, 800, 1600 ms: 8 watches in the first
+    // 3.15 s; a busy loop opens thousands.
+    assert!((5..=12).contains(&count), "{count} watches in {:?}", first.elapsed());
+    let (status, body) = proxy.admin_call(Method::GET, "/v1/fleet", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["connected"], json!(true), "{body}");
+    assert_eq!(get(proxy.addr(), "/", &[]).await.status, StatusCode::OK);
+}

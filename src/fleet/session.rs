@@ -21,6 +21,18 @@ use crate::routing::Version;
 
 /// How often counters of running rollouts are published.
 const COUNTERS_EVERY: Duration = Duration::from_millis(200);
+/// A watch open this long before it broke was healthy: it is resumed at once.
+const WATCH_HEALTHY: Duration = Duration::from_secs(10);
+
+/// The pause before resuming a watch that broke for the `breaks`-th time in
+/// a row without a healthy spell: none for the first, then 50 ms doubling to
+/// 2 s, so that an endpoint that breaks every watch is not a busy loop.
+fn watch_pause(breaks: u32) -> Duration {
+    match breaks {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis(50u64 << (n - 2).min(6)).min(Duration::from_secs(2)),
+    }
+}
 
 /// Starts the fleet thread. Returns at once: the first session connects
 /// in the background (a replica starts while etcd is unreachable).
@@ -258,6 +270,8 @@ impl Session {
         let mut counters = tokio::time::interval(COUNTERS_EVERY);
         counters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watch_revision = revision;
+        let mut watch_opened = tokio::time::Instant::now();
+        let (mut breaks, mut resume_at) = (0u32, None::<tokio::time::Instant>);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => {
@@ -266,7 +280,15 @@ impl Session {
                     }
                     return End::Stop;
                 }
-                message = watch.next() => match message {
+                () = tokio::time::sleep_until(resume_at.unwrap_or_else(tokio::time::Instant::now)), if resume_at.is_some() => {
+                    resume_at = None;
+                    match self.client.watch(&format!("{}/", self.fleet.prefix), watch_revision.saturating_add(1)).await {
+                        Ok(w) => watch = w,
+                        Err(e) => return End::Lost(e.to_string()),
+                    }
+                    watch_opened = tokio::time::Instant::now();
+                }
+                message = watch.next(), if resume_at.is_none() => match message {
                     Ok(WatchMessage::Events { revision, events }) => {
                         watch_revision = watch_revision.max(revision);
                         self.apply_events(events);
@@ -276,12 +298,14 @@ impl Session {
                         return End::Lost(format!("the watch fell behind etcd's compaction (revision {revision})"));
                     }
                     Err(e) => {
-                        // The watch broke but the lease may be fine: resume from the last revision.
-                        tracing::warn!(error = %e, "fleet: watch interrupted, resuming");
-                        match self.client.watch(&format!("{}/", self.fleet.prefix), watch_revision.saturating_add(1)).await {
-                            Ok(w) => watch = w,
-                            Err(e) => return End::Lost(e.to_string()),
-                        }
+                        // The watch broke but the lease may be fine: resume
+                        // from the last revision, at once after a healthy
+                        // spell, else after a pause that grows (renewals and
+                        // requests go on meanwhile).
+                        breaks = if watch_opened.elapsed() >= WATCH_HEALTHY { 1 } else { breaks.saturating_add(1) };
+                        let pause = watch_pause(breaks);
+                        tracing::warn!(error = %e, ?pause, "fleet: watch interrupted, resuming");
+                        resume_at = Some(tokio::time::Instant::now() + pause);
                     }
                 },
                 Some(request) = self.requests.recv() => self.request(request, lease),
@@ -581,6 +605,13 @@ fn route_totals(shared: &Shared, route: &str) -> [Totals; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watch_that_keeps_breaking_is_resumed_ever_more_slowly() {
+        let pauses: Vec<u64> = (0..10).map(|n| watch_pause(n).as_millis() as u64).collect();
+        assert_eq!(pauses, [0, 0, 50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(watch_pause(u32::MAX), Duration::from_secs(2));
+    }
 
     #[test]
     fn an_unknown_route_is_logged_once_and_the_names_kept_are_bounded() {
