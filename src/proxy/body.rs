@@ -81,14 +81,20 @@ impl ReadIdle {
     }
 
     /// Ready once the client sent nothing for `limit` since the body first waited.
+    /// The clock is read when the timer is armed, not on every poll.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let deadline = tokio::time::Instant::now() + self.limit;
-        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if !self.armed {
-            timer.as_mut().reset(deadline);
+            let deadline = tokio::time::Instant::now() + self.limit;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
             self.armed = true;
         }
-        timer.as_mut().poll(cx)
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -98,13 +104,13 @@ pub fn body_timeout() -> io::Error {
 }
 
 impl RequestBody {
-    /// Makes a request whose body is whole (or absent) ready to be sent
-    /// again; false for a streamed body, which is gone once read.
     /// Held whole (or absent): a failed attempt can give it back.
     pub fn is_whole(&self) -> bool {
         !matches!(self, RequestBody::Client { .. })
     }
 
+    /// Makes a request whose body is whole (or absent) ready to be sent
+    /// again; false for a streamed body, which is gone once read.
     pub fn rewind(&mut self) -> bool {
         match self {
             RequestBody::Empty => true,
@@ -253,22 +259,26 @@ pub enum ResponseBody {
 pub async fn read_ahead_response(inner: &mut UpstreamBody, limit: usize, wait: Duration) -> VecDeque<Frame<Bytes>> {
     let mut ahead = VecDeque::new();
     let whole = inner.size_hint().exact().is_some_and(|n| n <= limit as u64);
-    let deadline = tokio::time::Instant::now() + wait;
+    // Set when the body first has to be waited for: a body that has arrived
+    // (the common case) costs no clock read and no timer.
+    let mut deadline = None;
     let mut read = 0;
     while read < limit && !inner.is_end_stream() {
-        let next = std::future::poll_fn(|cx| match inner.poll_frame(cx) {
-            Poll::Pending if !whole => Poll::Ready(None),
-            polled => polled.map(Some),
-        });
-        match tokio::time::timeout_at(deadline, next).await {
-            // An error leaves the body failed: the client's copy fails in turn.
-            Ok(Some(Some(Ok(frame)))) => {
-                read += frame.data_ref().map_or(0, Bytes::len);
-                ahead.push_back(frame);
+        let frame = match std::future::poll_fn(|cx| Poll::Ready(inner.poll_frame(cx))).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending if !whole => break,
+            Poll::Pending => {
+                let due = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
+                match tokio::time::timeout_at(due, std::future::poll_fn(|cx| inner.poll_frame(cx))).await {
+                    Ok(frame) => frame,
+                    Err(_) => break,
+                }
             }
-            Ok(Some(None)) => break,
-            _ => break,
-        }
+        };
+        // An error leaves the body failed: the client's copy fails in turn.
+        let Some(Ok(frame)) = frame else { break };
+        read += frame.data_ref().map_or(0, Bytes::len);
+        ahead.push_back(frame);
     }
     ahead
 }

@@ -430,15 +430,9 @@ async fn forward(
     } else {
         match request_body(worker, snap, body, bytes_in.clone()).await {
             Ok(body) => body,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                worker.metrics().slow.body_timeout.inc();
-                return ctx
-                    .error(StatusCode::REQUEST_TIMEOUT, "408 Request Timeout: the request body stopped coming\n");
-            }
             Err(e) => {
                 tracing::debug!(error = %e, "request body failed");
-                return ctx
-                    .error(StatusCode::BAD_REQUEST, "400 Bad Request: the request body was malformed or incomplete\n");
+                return client_body_failed(&ctx, worker, &e);
             }
         }
     };
@@ -482,13 +476,7 @@ async fn forward(
                 // The client's body broke (malformed, cut short, too long,
                 // too slow): neither the backend's fault nor worth a retry.
                 tracing::debug!(backend = %backend.authority, error = %e, "request body failed");
-                if e.kind() == std::io::ErrorKind::TimedOut {
-                    worker.metrics().slow.body_timeout.inc();
-                    return ctx
-                        .error(StatusCode::REQUEST_TIMEOUT, "408 Request Timeout: the request body stopped coming\n");
-                }
-                return ctx
-                    .error(StatusCode::BAD_REQUEST, "400 Bad Request: the request body was malformed or incomplete\n");
+                return client_body_failed(&ctx, worker, &e);
             }
             Err(SendError::Upstream(failure)) => {
                 let SendFailure { error, request: sent_back, unsent, reused } = *failure;
@@ -567,6 +555,16 @@ async fn request_body(
         _ => worker.metrics().slow.body_buffered.inc(),
     }
     Ok(body)
+}
+
+/// The client's body failed, read ahead or while forwarded: 408 when it
+/// stopped coming (`timeouts.client_body`), else 400 (malformed, cut short).
+fn client_body_failed(ctx: &Context<'_>, worker: &Worker, e: &std::io::Error) -> Response<ResponseBody> {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        worker.metrics().slow.body_timeout.inc();
+        return ctx.error(StatusCode::REQUEST_TIMEOUT, "408 Request Timeout: the request body stopped coming\n");
+    }
+    ctx.error(StatusCode::BAD_REQUEST, "400 Bad Request: the request body was malformed or incomplete\n")
 }
 
 /// A request that got no slot at its backend (`max_connections`).
