@@ -225,6 +225,35 @@ async fn a_restarted_replica_reads_the_fleet_state() {
 }
 
 /// Requests through replica `p` until `stop`: (answered 200, failed).
+/// A load on every running replica, until checked.
+struct Loads {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<(u64, u64)>>,
+}
+
+impl Loads {
+    /// Stops the load: every replica answered some requests, none failed.
+    async fn none_failed(self, when: &str) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let (ok, failed) = task.await.unwrap();
+            assert_eq!(failed, 0, "requests failed {when}");
+            assert!(ok > 0);
+        }
+    }
+}
+
+/// Two replicas with the route at weight 100, each under load.
+async fn two_replicas_at_100_under_load(etcd: &Etcd) -> (Fleet, Loads) {
+    let fleet = Fleet::start(etcd, 2, "2s").await;
+    let (status, _) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 100}))).await;
+    assert_eq!(status, StatusCode::OK);
+    fleet.wait_all("weight 100", |r| r["weight"] == json!(100.0)).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks = fleet.running().map(|p| tokio::spawn(load(p.addr(), stop.clone()))).collect();
+    (fleet, Loads { stop, tasks })
+}
+
 async fn load(addr: std::net::SocketAddr, stop: tokio_util::sync::CancellationToken) -> (u64, u64) {
     let (mut ok, mut failed) = (0, 0);
     let mut client = common::Client::connect(addr).await;
@@ -238,12 +267,7 @@ async fn load(addr: std::net::SocketAddr, stop: tokio_util::sync::CancellationTo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_stopped_under_load_changes_answer_503_a_rollback_applies_and_all_converge() {
     let etcd = Etcd::start();
-    let fleet = Fleet::start(&etcd, 2, "2s").await;
-    let (status, _) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 100}))).await;
-    assert_eq!(status, StatusCode::OK);
-    fleet.wait_all("weight 100", |r| r["weight"] == json!(100.0)).await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let loads: Vec<_> = fleet.running().map(|p| tokio::spawn(load(p.addr(), stop.clone()))).collect();
+    let (fleet, loads) = two_replicas_at_100_under_load(&etcd).await;
 
     etcd.members[0].pause();
     let (status, body) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 50}))).await;
@@ -267,12 +291,7 @@ async fn etcd_stopped_under_load_changes_answer_503_a_rollback_applies_and_all_c
     let (status, body) = call(fleet.at(1), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 10}))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     fleet.wait_all("weight 10", |r| r["weight"] == json!(10.0) && r["halted"] == json!(false)).await;
-    stop.cancel();
-    for l in loads {
-        let (ok, failed) = l.await.unwrap();
-        assert_eq!(failed, 0, "requests failed while etcd was stopped");
-        assert!(ok > 0);
-    }
+    loads.none_failed("while etcd was stopped").await;
 }
 
 fn rollout(steps: &[u32], interval: &str, max_error_rate: f64) -> Value {
@@ -404,12 +423,7 @@ async fn a_three_member_etcd_cluster_with_one_member_killed_keeps_working() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_killed_under_load_then_restarted_the_fleet_converges_on_the_rollback() {
     let mut etcd = Etcd::start();
-    let fleet = Fleet::start(&etcd, 2, "2s").await;
-    let (status, _) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 100}))).await;
-    assert_eq!(status, StatusCode::OK);
-    fleet.wait_all("weight 100", |r| r["weight"] == json!(100.0)).await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let loads: Vec<_> = fleet.running().map(|p| tokio::spawn(load(p.addr(), stop.clone()))).collect();
+    let (fleet, loads) = two_replicas_at_100_under_load(&etcd).await;
 
     etcd.members[0].kill();
     let (status, body) = call(fleet.at(0), Method::POST, "/v1/routes/web/promote", None).await;
@@ -423,12 +437,7 @@ async fn etcd_killed_under_load_then_restarted_the_fleet_converges_on_the_rollba
 
     etcd.members[0].restart();
     fleet.wait_all("halted everywhere", |r| r["halted"] == json!(true) && r["weight"] == json!(0.0)).await;
-    stop.cancel();
-    for l in loads {
-        let (ok, failed) = l.await.unwrap();
-        assert_eq!(failed, 0, "requests failed while etcd was down");
-        assert!(ok > 0);
-    }
+    loads.none_failed("while etcd was down").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
