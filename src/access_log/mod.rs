@@ -144,32 +144,36 @@ impl AccessLog {
         {
             return;
         }
-        let slot = self.slot();
-        let mut buf = slot.buf.lock().unwrap_or_else(PoisonError::into_inner);
-        // A buffer left full: the writer was behind at the last hand-over.
-        if buf.len() >= self.inner.buffer && !self.hand_over(&mut buf) {
-            self.inner.shared.dropped.inc();
-            return;
-        }
-        json::write_line(&mut buf, record, SystemTime::now());
-        if buf.len() >= self.inner.buffer {
-            self.hand_over(&mut buf);
-        }
+        self.with_slot(|slot| {
+            let mut buf = slot.buf.lock().unwrap_or_else(PoisonError::into_inner);
+            // A buffer left full: the writer was behind at the last hand-over.
+            if buf.len() >= self.inner.buffer && !self.hand_over(&mut buf) {
+                self.inner.shared.dropped.inc();
+                return;
+            }
+            json::write_line(&mut buf, record, SystemTime::now());
+            if buf.len() >= self.inner.buffer {
+                self.hand_over(&mut buf);
+            }
+        });
     }
 
-    /// This thread's slot, registered with the writer on first use.
-    fn slot(&self) -> Arc<Slot> {
+    /// Runs `f` with this thread's slot, registered with the writer on
+    /// first use (borrowed, not cloned: no reference count per line).
+    fn with_slot(&self, f: impl FnOnce(&Slot)) {
         SLOTS.with(|slots| {
             let mut slots = slots.borrow_mut();
-            if let Some((_, slot)) = slots.iter().find(|(id, _)| *id == self.inner.id) {
-                return slot.clone();
-            }
-            // Slots of logs whose writer has ended are only ours now.
-            slots.retain(|(_, slot)| Arc::strong_count(slot) > 1);
-            let slot = self.inner.shared.register();
-            slots.push((self.inner.id, slot.clone()));
-            slot
-        })
+            let at = match slots.iter().position(|(id, _)| *id == self.inner.id) {
+                Some(at) => at,
+                None => {
+                    // Slots of logs whose writer has ended are only ours now.
+                    slots.retain(|(_, slot)| Arc::strong_count(slot) > 1);
+                    slots.push((self.inner.id, self.inner.shared.register()));
+                    slots.len() - 1
+                }
+            };
+            f(&slots[at].1);
+        });
     }
 
     /// Queues a full buffer for the writer and swaps in an empty one; false
