@@ -61,7 +61,7 @@ fn header_rewrite(c: &mut Criterion) {
             || (headers.clone(), Vec::with_capacity(4096)),
             |(h, out)| {
                 headers::remove_hop_by_hop(h, false);
-                headers::write_forwarded(out, h, &forwarded)
+                headers::write_forwarded(out, h, &cutover::proxy::verbatim::Verbatim::default(), &forwarded)
             },
             BatchSize::SmallInput,
         )

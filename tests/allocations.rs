@@ -99,6 +99,7 @@ fn header_rewriting_of_a_browser_request_allocates_nothing() {
         headers::write_forwarded(
             &mut out,
             &headers,
+            &cutover::proxy::verbatim::Verbatim::default(),
             &Forwarded { client_ip: &client_ip, tls: false, via: &via, version: "canary", route: &route },
         );
     });

@@ -65,6 +65,9 @@ fn request_head() -> impl Strategy<Value = Vec<u8>> {
         "HTTP2-Settings",
         "Keep-Alive",
         "X-App",
+        "User-Agent",
+        "accept",
+        "Referer",
         "Host ",
         "",
     ]);
@@ -85,6 +88,8 @@ fn request_head() -> impl Strategy<Value = Vec<u8>> {
             "100-continue",
             "trailers",
             "Host, Cookie, X-App",
+            "close, User-Agent",
+            "Referer",
             "user@host",
             "[::1]:80",
         ])
@@ -123,7 +128,7 @@ fn request_head() -> impl Strategy<Value = Vec<u8>> {
 /// A head the server should accept: a valid request line, one Host, a
 /// body framed one way or none, maybe a WebSocket upgrade, and fields of
 /// any token name and visible value (including hop-by-hop ones and
-/// `Connection` naming others).
+/// `Connection` naming others, among them one the proxy keeps as it came).
 fn valid_head() -> impl Strategy<Value = Vec<u8>> {
     let method = prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "PURGE"]);
     let target = prop_oneof![
@@ -140,6 +145,8 @@ fn valid_head() -> impl Strategy<Value = Vec<u8>> {
             "Connection: keep-alive, Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n"
                 .to_string()
         ),
+        // A field the proxy would forward as it came, named hop-by-hop.
+        Just("Connection: close, User-Agent\r\nUser-Agent: x/1\r\nAccept-Encoding: gzip\r\n".to_string()),
     ];
     let name = prop_oneof![
         "[a-zA-Z0-9!#$%&'*+.^_`|~-]{1,12}",
@@ -151,7 +158,11 @@ fn valid_head() -> impl Strategy<Value = Vec<u8>> {
             "TE",
             "Expect",
             "Keep-Alive",
-            "Connection"
+            "Connection",
+            "User-Agent",
+            "Accept-Encoding",
+            "referer",
+            "Authorization"
         ])
         .prop_map(str::to_string),
     ];
@@ -185,7 +196,7 @@ proptest! {
             Ok(None) => prop_assert!(input.len() < MAX_HEAD),
             Ok(Some(parsed)) => {
                 prop_assert!(parsed.consumed <= input.len().min(MAX_HEAD));
-                let headers = parsed.request.headers();
+                let headers = parsed.fields();
                 prop_assert!(headers.len() <= MAX_FIELDS);
                 let bytes: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
                 prop_assert!(bytes <= parsed.consumed, "fields are the head's own bytes");
@@ -213,9 +224,10 @@ proptest! {
         let origin = parsed.request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         prop_assert_eq!(again.request.uri().to_string(), origin);
         prop_assert_eq!(again.request.version(), http::Version::HTTP_11);
-        prop_assert_eq!(end_to_end(again.request.headers()), expected_fields(&parsed));
-        prop_assert!(again.request.headers().get_all("host").iter().count() <= 1);
-        prop_assert_eq!(again.request.headers().get("host"), parsed.request.headers().get("host"));
+        let fields = again.fields();
+        prop_assert_eq!(end_to_end(&fields), expected_fields(&parsed));
+        prop_assert!(fields.get_all("host").iter().count() <= 1);
+        prop_assert_eq!(fields.get("host"), parsed.request.headers().get("host"));
         prop_assert_eq!((again.length, again.chunked, again.upgrade), (parsed.length, parsed.chunked, parsed.upgrade));
         prop_assert!(again.keep_alive);
     }
@@ -244,7 +256,7 @@ fn end_to_end(headers: &HeaderMap) -> HeaderMap {
 /// What should reach the backend of the client's fields: all but the
 /// hop-by-hop ones (an upgrade keeps `Upgrade` and gets `Connection: upgrade`) and `Expect`.
 fn expected_fields(parsed: &Parsed) -> HeaderMap {
-    let mut headers = parsed.request.headers().clone();
+    let mut headers = parsed.fields();
     cutover::proxy::headers::remove_hop_by_hop(&mut headers, parsed.upgrade);
     headers.remove(http::header::EXPECT);
     end_to_end(&headers)
@@ -316,6 +328,9 @@ proptest! {
 
 // ------------------------------------------------------ the response head
 
+/// A field value: visible characters, spaces and tabs inside.
+const FIELD_VALUE: &str = "[!-~]([ -~\t]{0,10}[!-~])?";
+
 fn response_head() -> impl Strategy<Value = Vec<u8>> {
     let status = prop_oneof![Just(200u16), Just(101), Just(204), Just(304), Just(100), 0..1000u16];
     let name = prop::sample::select(vec!["Content-Length", "Transfer-Encoding", "Connection", "Set-Cookie", "X", ""]);
@@ -346,6 +361,39 @@ proptest! {
         if let Ok(Some(response)) = fuzz::parse_response(&head, head_request) {
             prop_assert!((100..=999).contains(&response.status().as_u16()));
             prop_assert!(response.headers().len() <= head.len());
+        }
+    }
+
+    /// Fields the proxy forwards as they came (Server, Date, Vary...) are
+    /// the response's fields all the same: every line comes back, each
+    /// name's values in their order, however they interleave with others,
+    /// and whatever `Connection` names.
+    #[test]
+    fn every_response_field_comes_back_in_its_order(
+        fields in prop_oneof![
+            prop::collection::vec((prop::sample::select(vec!["Server", "date", "Vary", "vary", "X-App", "Content-Type", "Set-Cookie"]), FIELD_VALUE), 0..14),
+            // Kept lines between others: more runs than the proxy keeps.
+            prop::collection::vec(
+                ((prop::sample::select(vec!["Server", "date", "Vary"]), FIELD_VALUE), (Just("X-App"), FIELD_VALUE)),
+                5..10,
+            ).prop_map(|pairs| pairs.into_iter().flat_map(|(kept, other)| [kept, other]).collect()),
+        ],
+        connection in prop::option::of(prop::sample::select(vec!["keep-alive", "close, X-App", "Vary"])),
+    ) {
+        let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n");
+        for (n, v) in &fields {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if let Some(c) = connection {
+            head.push_str(&format!("Connection: {c}\r\n"));
+        }
+        head.push_str("\r\n");
+        let response = fuzz::parse_response(head.as_bytes(), false).unwrap().unwrap();
+        for name in ["server", "date", "vary", "x-app", "content-type", "set-cookie"] {
+            let sent: Vec<&str> =
+                fields.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()).collect();
+            let got: Vec<&str> = response.headers().get_all(name).iter().map(|v| v.to_str().unwrap()).collect();
+            prop_assert_eq!(got, sent, "{}", name);
         }
     }
 }

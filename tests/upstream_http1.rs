@@ -1093,3 +1093,69 @@ async fn after_101_bytes_flow_both_ways_including_those_sent_with_the_head() {
     client.expect_closed().await;
     assert!(eventually(LIMIT, || backend.closed.load(Ordering::SeqCst) == 1).await, "the backend side closed");
 }
+
+// ---------------------------------------------------------------- fields
+
+/// The values of every `name` line, in order.
+fn values<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    fields.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+}
+
+/// Fields the proxy has no reason to read (a browser's `User-Agent` and
+/// `Accept-*`, a server's `Server`, `Date`, `Vary`) reach the other side as
+/// they were sent: each line once, each name's lines in their order, the
+/// backend's `Date` instead of the proxy's. A field the client's
+/// `Connection` names does not reach the backend. An HTTP/2 client gets
+/// the same response fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_the_proxy_does_not_read_pass_as_they_were_sent() {
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nServer: app/1.0\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
+        Vary: Accept\r\nContent-Length: 2\r\nvary:  Cookie \r\nContent-Type: text/plain\r\n\r\nok";
+    let backend = RawBackend::start(|_| Reply::keep(ANSWER)).await;
+    let proxy = proxy(&backend, "");
+    let mut client = Conn::open(proxy.addr()).await;
+    let got = client
+        .roundtrip(
+            b"GET /a HTTP/1.1\r\nUser-Agent: test/1 (x)\r\nHost: example.com\r\nAccept: text/html\r\n\
+              Accept: */*;q=0.1\r\nAccept-Language:\ten \r\n\r\n",
+        )
+        .await;
+    assert_eq!((got.status, got.text().as_str()), (200, "ok"));
+    assert_eq!(values(&got.fields, "server"), ["app/1.0"]);
+    assert_eq!(values(&got.fields, "date"), ["Sun, 06 Nov 1994 08:49:37 GMT"], "{:?}", got.fields);
+    assert_eq!(values(&got.fields, "vary"), ["Accept", "Cookie"]);
+    assert_eq!(values(&got.fields, "content-type"), ["text/plain"]);
+    let seen = backend.received()[0].head.fields.clone();
+    assert_eq!(values(&seen, "user-agent"), ["test/1 (x)"]);
+    assert_eq!(values(&seen, "accept"), ["text/html", "*/*;q=0.1"]);
+    assert_eq!(values(&seen, "accept-language"), ["en"]);
+    assert_eq!(values(&seen, "host"), ["example.com"]);
+
+    let got = client
+        .roundtrip(b"GET /b HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\nAccept: */*\r\nConnection: keep-alive, User-Agent\r\n\r\n")
+        .await;
+    assert_eq!(got.status, 200);
+    let seen = backend.received()[1].head.fields.clone();
+    assert_eq!(values(&seen, "user-agent"), Vec::<&str>::new(), "named by Connection: {seen:?}");
+    assert_eq!(values(&seen, "accept"), ["*/*"]);
+
+    let stream = within("connect", TcpStream::connect(proxy.addr())).await.expect("connect");
+    let (mut h2, conn) = within(
+        "h2 handshake",
+        hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        ),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let request = http::Request::get("http://example.com/h2").body(common::empty()).unwrap();
+    let resp = within("h2 response", h2.send_request(request)).await.expect("a response");
+    assert_eq!(resp.status(), 200);
+    let all = |name| resp.headers().get_all(name).iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>();
+    assert_eq!(all("server"), ["app/1.0"]);
+    assert_eq!(all("date"), ["Sun, 06 Nov 1994 08:49:37 GMT"]);
+    assert_eq!(all("vary"), ["Accept", "Cookie"]);
+    assert_eq!(all("content-type"), ["text/plain"]);
+}

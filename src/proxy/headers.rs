@@ -7,6 +7,7 @@
 //! RFC 7239's predecessors `X-Forwarded-For/-Proto/-Host` and RFC 9110 §7.6.3
 //! `Via` tell the backend where the request came from.
 
+use super::verbatim::Verbatim;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -293,14 +294,14 @@ pub struct Forwarded<'a> {
     pub route: &'a HeaderValue,
 }
 
-/// Writes `headers` as HTTP/1.1 field lines for the backend, with this
-/// hop's forwarding fields: `X-Forwarded-For` and `Via` get it appended
+/// Writes `headers` as HTTP/1.1 field lines for the backend, then the
+/// lines kept as they came (`verbatim`), then this hop's forwarding fields: `X-Forwarded-For` and `Via` get it appended
 /// (the client's lines merged into one); `X-Forwarded-Proto`, `-Host` (the
 /// Host field) and `X-Cutover-*` replace whatever the client sent. Written
 /// straight into the request head rather than added to the map first.
 /// Returns the body length the fields announce; a Content-Length that is
 /// not a number is left out.
-pub fn write_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, f: &Forwarded<'_>) -> Option<u64> {
+pub fn write_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, verbatim: &Verbatim, f: &Forwarded<'_>) -> Option<u64> {
     let (mut forwarded_for, mut via, mut host, mut length) = (false, false, None, None);
     for (name, value) in headers {
         match name.as_str() {
@@ -324,6 +325,7 @@ pub fn write_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, f: &Forwarded<'_>
             }
         }
     }
+    verbatim.write(out);
     list(out, b"x-forwarded-for", forwarded_for.then(|| headers.get_all(&X_FORWARDED_FOR)), f.client_ip);
     line(out, b"x-forwarded-proto", &[if f.tls { b"https" } else { b"http" }]);
     if let Some(host) = host {
@@ -432,7 +434,7 @@ mod tests {
         let route = HeaderValue::from_static("web");
         let f = Forwarded { client_ip: &ip, tls: false, via: &via, version: "stable", route: &route };
         let mut out = Vec::new();
-        assert_eq!(write_forwarded(&mut out, &h, &f), Some(12));
+        assert_eq!(write_forwarded(&mut out, &h, &Verbatim::default(), &f), Some(12));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "host: shop.example.com\r\n\
@@ -449,7 +451,7 @@ mod tests {
         let h = map(&[("x-forwarded-host", "evil.example"), ("content-length", "+5")]);
         let f = Forwarded { tls: true, ..f };
         let mut out = Vec::new();
-        assert_eq!(write_forwarded(&mut out, &h, &f), None, "not a number");
+        assert_eq!(write_forwarded(&mut out, &h, &Verbatim::default(), &f), None, "not a number");
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains("x-forwarded-host") && !text.contains("content-length"), "{text}");
         assert!(text.contains("x-forwarded-proto: https\r\n"), "{text}");
@@ -611,7 +613,7 @@ mod tests {
         let f = Forwarded { client_ip: &ip, tls: false, via: &ip, version: "stable", route: &route };
         let mut out = Vec::new();
         let h = map(&[("content-length", "0000012")]);
-        assert_eq!(write_forwarded(&mut out, &h, &f), Some(12));
+        assert_eq!(write_forwarded(&mut out, &h, &Verbatim::default(), &f), Some(12));
         assert!(String::from_utf8(out).unwrap().starts_with("content-length: 12\r\n"));
     }
 }

@@ -19,6 +19,7 @@ pub mod service;
 pub mod stream;
 pub mod tls;
 pub mod upstream;
+pub mod verbatim;
 
 use std::sync::Arc;
 

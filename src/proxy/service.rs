@@ -28,6 +28,7 @@ use super::headers::{self, Forwarded};
 use super::listener::{ClientUpgrade, Worker};
 use super::queue::{self, InFlight, Refused};
 use super::upstream::{self, UpstreamError};
+use super::verbatim::{self, Verbatim};
 use crate::access_log::Record;
 use crate::metrics::{UpstreamErrorKind, VersionMetrics};
 use crate::routing::beta::BetaChoice;
@@ -65,29 +66,56 @@ static VIA_11: HeaderValue = HeaderValue::from_static("1.1 cutover");
 static VIA_2: HeaderValue = HeaderValue::from_static("2.0 cutover");
 static VIA_10: HeaderValue = HeaderValue::from_static("1.0 cutover");
 
-/// The hyper service function.
+/// The hyper service function (HTTP/2 clients): the response's fields all
+/// in its map.
 pub async fn handle(
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
     req: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let (mut response, mut verbatim) = handle_h1(worker, conn, req, Verbatim::default()).await;
+    verbatim.into_map(response.headers_mut());
+    Ok(response)
+}
+
+/// Serves a request whose fields are in its map and, as they came, in
+/// `verbatim`; answers with a response and the fields of it kept as they
+/// came, to be written after those in its map.
+pub async fn handle_h1(
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    req: Request<ClientBody>,
+    verbatim: Verbatim,
+) -> (Response<ResponseBody>, Verbatim) {
     let start = Instant::now();
     let started = activity::Started::new(&conn.activity);
     let snap = worker.snapshot();
-    let response = serve(&worker, &conn, &snap, req, start).await;
+    let mut kept = Verbatim::default();
+    let response = serve(&worker, &conn, &snap, (req, verbatim), start, &mut kept).await;
     // From here the response (its body's end, or the error path) ends the request.
     started.handed_over();
-    Ok(response)
+    (response, kept)
 }
+
+/// A request: its head with the fields in its map, and those kept as they came.
+type Incoming = (Request<ClientBody>, Verbatim);
 
 async fn serve(
     worker: &Rc<Worker>,
     conn: &Rc<ConnInfo>,
     snap: &Arc<Snapshot>,
-    mut req: Request<ClientBody>,
+    (mut req, mut verbatim): Incoming,
     start: Instant,
+    kept: &mut Verbatim,
 ) -> Response<ResponseBody> {
     // Phase 1: the head.
+    if let Some(name) = &snap.rules.sticky.header
+        && !verbatim.is_empty()
+        && verbatim::request_name(name.as_str().as_bytes())
+    {
+        // The user's key is in a field kept as it came: the decision needs the map.
+        verbatim.into_map(req.headers_mut());
+    }
     if req.version() == HttpVersion::HTTP_2 {
         let (uri, headers) = (req.uri().clone(), req.headers_mut());
         if let Err(text) = headers::h2_host(&uri, headers) {
@@ -133,7 +161,7 @@ async fn serve(
             return ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: no healthy backend\n");
         }
     };
-    forward(worker, conn, snap, decision, req, start).await
+    forward(worker, conn, snap, decision, (req, verbatim), start, kept).await
 }
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or
@@ -374,8 +402,9 @@ async fn forward(
     conn: &Rc<ConnInfo>,
     snap: &Arc<Snapshot>,
     d: Decision,
-    mut req: Request<ClientBody>,
+    (mut req, verbatim): Incoming,
     start: Instant,
+    kept: &mut Verbatim,
 ) -> Response<ResponseBody> {
     let route = &snap.routes[d.route];
     let metrics = route.metrics.version(d.version).clone();
@@ -461,7 +490,7 @@ async fn forward(
             Err(refused) => return queue_refused(&ctx, refused),
         };
         let replayable = resendable && request.body().is_whole();
-        match send(worker, &backend, request, &forwarded, snap, fresh, replayable).await {
+        match send(worker, &backend, (request, &verbatim), &forwarded, snap, fresh, replayable).await {
             Ok(resp) => {
                 if backend.failures.load(Ordering::Relaxed) != 0 {
                     backend.failures.store(0, Ordering::Relaxed);
@@ -470,7 +499,8 @@ async fn forward(
                     // The client will not see the failed attempt; the rollout's error rate must.
                     ctx.metrics.hidden_failure();
                 }
-                return respond(ctx, resp, inflight, client_upgrade.map(|c| (c, h2_websocket)), bytes_in).await;
+                let client_upgrade = client_upgrade.map(|c| (c, h2_websocket));
+                return respond(ctx, resp, inflight, client_upgrade, bytes_in, kept).await;
             }
             Err(SendError::Client(e)) => {
                 // The client's body broke (malformed, cut short, too long,
@@ -619,7 +649,7 @@ enum SendError {
 async fn send(
     worker: &Worker,
     backend: &Arc<Backend>,
-    request: Request<RequestBody>,
+    (request, verbatim): (Request<RequestBody>, &Verbatim),
     forwarded: &Forwarded<'_>,
     snap: &Snapshot,
     fresh: bool,
@@ -641,7 +671,7 @@ async fn send(
     let failure = |error, request: Option<Box<Request<RequestBody>>>, unsent| {
         SendError::Upstream(Box::new(SendFailure { error, request: request.map(|r| *r), unsent, reused }))
     };
-    match conn.send(request, forwarded, timeouts.response).await {
+    match conn.send(request, verbatim, forwarded, timeouts.response).await {
         Ok(resp) => Ok(resp),
         Err(Failure::Upstream { error, request, unsent }) => Err(failure(error, request, unsent)),
         Err(Failure::Client(e)) => Err(SendError::Client(e)),
@@ -656,6 +686,7 @@ async fn respond(
     inflight: InFlight,
     client_upgrade: Option<(ClientUpgrade, bool)>,
     bytes_in: Rc<Cell<u64>>,
+    kept: &mut Verbatim,
 ) -> Response<ResponseBody> {
     let h2_websocket = matches!(client_upgrade, Some((_, true)));
     if h2_websocket && resp.status().is_success() {
@@ -681,6 +712,7 @@ async fn respond(
             }
         }
     }
+    *kept = body.take_verbatim();
     // An HTTP/1.1 client keeps `Upgrade` and `Connection: upgrade`; an HTTP/2
     // client gets neither.
     headers::remove_hop_by_hop(&mut parts.headers, tunnel.is_some() && !h2_websocket);

@@ -25,13 +25,14 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 
 use super::decode::{Decoder, Malformed, Step};
-use super::parse::{SPANS, Span, content_length, trim};
+use super::parse::{SPANS, Span, content_length, line_end, trim};
 use super::write::{Out, number};
 use crate::metrics::UpstreamErrorKind;
 use crate::proxy::body::RequestBody;
 use crate::proxy::headers::{self, Forwarded};
 use crate::proxy::stream::Rewind;
 use crate::proxy::upstream::{UpstreamError, UpstreamIo};
+use crate::proxy::verbatim::{self, Verbatim};
 
 /// Read buffers: allocated this size, topped up when less than `MIN_READ` is free.
 const READ_SIZE: usize = 8 * 1024;
@@ -110,6 +111,8 @@ pub(super) struct Head {
     framing: Framing,
     /// The connection may carry another request after this response.
     keep_alive: bool,
+    /// Fields forwarded as they came, not in the response's map.
+    pub(super) verbatim: Verbatim,
 }
 
 impl Connection {
@@ -200,12 +203,13 @@ impl Connection {
     pub async fn send(
         mut self: Box<Self>,
         request: Request<RequestBody>,
+        verbatim: &Verbatim,
         forwarded: &Forwarded<'_>,
         response: std::time::Duration,
     ) -> Result<Response<UpstreamBody>, Failure> {
         let head_request = request.method() == Method::HEAD;
         let mut out = Out::take();
-        let sending = encode_head(&mut out.0, &request, forwarded);
+        let sending = encode_head(&mut out.0, &request, verbatim, forwarded);
         // A head that could not be written at all leaves the request intact.
         let unsent = |error, request| Failure::Upstream { error, request: Some(Box::new(request)), unsent: true };
         let written = match poll_fn(|cx| Pin::new(&mut self.io).poll_write(cx, &out.0)).await {
@@ -234,7 +238,7 @@ impl Connection {
             Err(failure) => return Err(failure),
         };
         drop(out);
-        let Head { response, framing, keep_alive } = head;
+        let Head { response, framing, keep_alive, verbatim } = head;
         let state = match framing {
             Framing::Decode(Decoder::Done) => State::Done,
             Framing::Decode(decoder) => State::Decode(decoder),
@@ -248,7 +252,7 @@ impl Connection {
             && response.status() != StatusCode::SWITCHING_PROTOCOLS;
         drop(body);
         super::maps::give(parts.headers);
-        Ok(response.map(|()| UpstreamBody { conn: Some(self), state, reusable, trailers: None }))
+        Ok(response.map(|()| UpstreamBody { conn: Some(self), state, reusable, trailers: None, verbatim }))
     }
 
     /// Writes what is left of the head in `out`, then the body. `Ok(false)`:
@@ -418,18 +422,20 @@ impl Connection {
     }
 }
 
-/// Writes the request line and fields, with this hop's forwarding fields,
-/// and says how the body follows.
+/// Writes the request line and fields (those in its map, then those kept
+/// as they came), with this hop's forwarding fields, and says how the body
+/// follows.
 pub(super) fn encode_head<B: http_body::Body>(
     out: &mut Vec<u8>,
     request: &Request<B>,
+    verbatim: &Verbatim,
     forwarded: &Forwarded<'_>,
 ) -> Sending {
     out.extend_from_slice(request.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(request.uri().path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let length = headers::write_forwarded(out, request.headers(), forwarded);
+    let length = headers::write_forwarded(out, request.headers(), verbatim, forwarded);
     let body = request.body();
     let sending = match (length, body.is_end_stream()) {
         (Some(n), _) => Sending::Length(n),
@@ -505,7 +511,22 @@ fn build(
     let mut codings = 0;
     let mut chunked_last = false;
     let (mut close, mut keep_alive) = (false, false);
+    // As for requests (h1::parse): lines kept as they came unless one could
+    // not be, or `Connection` names fields.
+    let mut verbatim = Verbatim::default();
+    let (mut spilled, mut named) = (false, false);
     for &(ns, ne, vs, ve) in spans {
+        if !spilled && verbatim::response_name(&head[ns..ne]) {
+            if verbatim.keep(head, ns, line_end(head, ve)) {
+                // The one kept name of four letters that starts with a `d`.
+                if ne - ns == 4 && head[ns] | 0x20 == b'd' {
+                    verbatim.kept_date();
+                }
+                continue;
+            }
+            spilled = true;
+            verbatim.into_map(&mut headers);
+        }
         let name = super::maps::field_name(&head[ns..ne]).map_err(|_| protocol("invalid field name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| protocol("invalid field value"))?;
         let bytes = &head[vs..ve];
@@ -536,11 +557,15 @@ fn build(
             if !names_fields {
                 continue;
             }
+            named = true;
         } else if name.as_str() == "keep-alive" {
             // Hop-by-hop (RFC 9110 §7.6.1): never forwarded.
             continue;
         }
         headers.append(name, value);
+    }
+    if named {
+        verbatim.into_map(&mut headers);
     }
     let mut keep_alive = !close && (!http10 || keep_alive);
     let no_body = head_request
@@ -576,7 +601,7 @@ fn build(
     *response.status_mut() = status;
     *response.version_mut() = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
     *response.headers_mut() = headers;
-    Ok(Head { response, framing, keep_alive })
+    Ok(Head { response, framing, keep_alive, verbatim })
 }
 
 /// One trailer field line (`name: value`); a line that is not a valid field
@@ -608,6 +633,8 @@ pub struct UpstreamBody {
     /// Trailer fields of a chunked body, given out after its last data
     /// (boxed: the body moves with every response, trailers are rare).
     trailers: Option<Box<HeaderMap>>,
+    /// The head's fields kept as they came, until the service takes them.
+    verbatim: Verbatim,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -619,6 +646,11 @@ impl std::fmt::Debug for UpstreamBody {
 impl UpstreamBody {
     pub fn is_end_stream(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// The head's fields kept as they came (they go out with the head).
+    pub fn take_verbatim(&mut self) -> Verbatim {
+        std::mem::take(&mut self.verbatim)
     }
 
     pub fn size_hint(&self) -> SizeHint {
@@ -826,7 +858,7 @@ mod tests {
         let route = HeaderValue::from_static("web");
         let f = Forwarded { client_ip: &ip, tls: false, via: &via, version: "stable", route: &route };
         let mut out = Vec::new();
-        let sending = encode_head(&mut out, &request, &f);
+        let sending = encode_head(&mut out, &request, &Verbatim::default(), &f);
         // The forwarding fields are tested with headers::write_forwarded.
         let text: String = String::from_utf8(out)
             .unwrap()

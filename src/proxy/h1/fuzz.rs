@@ -13,13 +13,17 @@ use http::{Request, Response, Uri};
 use http_body::{Frame, SizeHint};
 
 use super::super::headers::{self, Forwarded};
+use super::super::verbatim::Verbatim;
 use super::decode::{Decoder, Step};
 use super::parse::{self, Framing};
 
 /// A request head the HTTP/1.1 server accepted.
 #[derive(Debug)]
 pub struct Parsed {
+    /// The request, with the fields the server keeps in its map.
     pub request: Request<()>,
+    /// The fields it keeps as they came, forwarded after those.
+    pub verbatim: Verbatim,
     /// `Some(n)`: a body of `n` bytes; `None`: none, or chunked.
     pub length: Option<u64>,
     pub chunked: bool,
@@ -37,6 +41,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<Option<Parsed>, u16> {
     let head = parse::parse(&mut buf).map_err(|r| r.status.as_u16())?;
     Ok(head.map(|head| Parsed {
         request: head.request,
+        verbatim: head.verbatim,
         length: match head.framing {
             Framing::Length(n) => Some(n),
             Framing::None | Framing::Chunked => None,
@@ -46,6 +51,15 @@ pub fn parse_request(bytes: &[u8]) -> Result<Option<Parsed>, u16> {
         upgrade: head.upgrade,
         consumed: bytes.len() - buf.len(),
     }))
+}
+
+impl Parsed {
+    /// All the request's fields, those kept as they came after the others.
+    pub fn fields(&self) -> http::HeaderMap {
+        let mut all = self.request.headers().clone();
+        self.verbatim.clone().into_map(&mut all);
+        all
+    }
 }
 
 /// A body that is never read: only its framing matters to the head.
@@ -88,7 +102,7 @@ pub fn backend_head(parsed: &Parsed) -> Vec<u8> {
     let route = HeaderValue::from_static("web");
     let forwarded = Forwarded { client_ip: &ip, tls: false, via: &via, version: "stable", route: &route };
     let mut out = Vec::new();
-    super::client::encode_head(&mut out, &request, &forwarded);
+    super::client::encode_head(&mut out, &request, &parsed.verbatim, &forwarded);
     out
 }
 
@@ -127,11 +141,16 @@ pub fn decode_chunked(input: &[u8], read: usize) -> Result<Option<Decoded>, &'st
 }
 
 /// Parses a backend's response head at the start of `bytes` (`head_request`:
-/// it answers a HEAD). `Ok(None)`: not complete; `Err`: why it is invalid.
+/// it answers a HEAD), with all its fields in its map (those the proxy
+/// keeps as they came after the others). `Ok(None)`: not complete; `Err`:
+/// why it is invalid.
 pub fn parse_response(bytes: &[u8], head_request: bool) -> Result<Option<Response<()>>, String> {
     let mut buf = BytesMut::from(bytes);
     match super::client::parse(&mut buf, head_request) {
-        Ok(head) => Ok(head.map(|h| h.response)),
+        Ok(head) => Ok(head.map(|mut h| {
+            h.verbatim.into_map(h.response.headers_mut());
+            h.response
+        })),
         Err(e) => Err(e.detail),
     }
 }

@@ -570,7 +570,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
                 }
             }
         };
-        let Head { mut request, framing, keep_alive, expect_continue, upgrade, trailers } = head;
+        let Head { mut request, framing, keep_alive, expect_continue, upgrade, trailers, verbatim } = head;
         conn.generation.set(conn.generation.get() + 1);
         conn.decoder.set(framing.into());
         conn.body_started.set(false);
@@ -590,7 +590,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
         let watch = conn.decoder.get().is_done() && conn.buf.borrow().is_empty();
         // Boxed: an idle connection's task then does not carry the space of
         // a request in flight (a few KiB) while it waits.
-        let mut service = Box::pin(service::handle(worker.clone(), info.clone(), request.map(|()| body)));
+        let mut service = Box::pin(service::handle_h1(worker.clone(), info.clone(), request.map(|()| body), verbatim));
         let answered = tokio::select! {
             biased;
             answered = &mut service => answered,
@@ -599,10 +599,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
                 break 'conn false;
             }
         };
-        let response = match answered {
-            Ok(response) => response,
-            Err(never) => match never {},
-        };
+        let (response, verbatim) = answered;
         served += 1;
         if let Some(reason) = conn.malformed.take() {
             // The backend saw a broken body because the client sent one: a
@@ -613,7 +610,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
             break true;
         }
         let meta = Meta { keep_alive: meta.keep_alive && !worker.stop_requested(), ..meta };
-        match write::response(&conn, response, meta, upgrade).await {
+        match write::response(&conn, (response, &verbatim), meta, upgrade).await {
             Written::KeepAlive => {}
             // Bytes the client sent on (a pipelined request, a body) would
             // turn the close into a reset: linger for them.

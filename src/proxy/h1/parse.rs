@@ -12,6 +12,7 @@ use http::{Method, Request, StatusCode, Uri, Version};
 
 pub(super) use super::super::headers::content_length;
 use super::super::headers::{is_websocket_upgrade, valid_host};
+use super::super::verbatim::{self, Verbatim};
 
 /// The most a request head may take, request line and fields.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -38,6 +39,8 @@ pub struct Head {
     pub upgrade: bool,
     /// The client accepts trailer fields in a chunked response (`TE: trailers`).
     pub trailers: bool,
+    /// Fields forwarded as they came, not in the request's map.
+    pub verbatim: Verbatim,
 }
 
 /// A head this server will not serve: the status to answer with, and why.
@@ -180,7 +183,20 @@ fn build(
     let (mut close, mut keep_alive, mut connection_upgrade) = (false, false, false);
     let (mut expect_continue, mut trailers) = (false, false);
     let mut hosts = 0;
+    let mut verbatim = Verbatim::default();
+    // A line that could not be kept: the kept ones went to the map, and so
+    // do all that follow (the lines of one name stay in their order).
+    let mut spilled = false;
+    // `Connection` names a field: whatever it names must be found in the map.
+    let mut names_fields = false;
     for &(ns, ne, vs, ve) in spans {
+        if !spilled && verbatim::request_name(&head[ns..ne]) {
+            if verbatim.keep(head, ns, line_end(head, ve)) {
+                continue;
+            }
+            spilled = true;
+            verbatim.into_map(&mut headers);
+        }
         let name = super::maps::field_name(&head[ns..ne]).map_err(|_| bad("invalid field name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| bad("invalid field value"))?;
         let bytes = &head[vs..ve];
@@ -212,9 +228,13 @@ fn build(
             }
         } else if name == header::CONNECTION {
             for token in bytes.split(|&b| b == b',').map(trim) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+                let (c, k, u) = (
+                    token.eq_ignore_ascii_case(b"close"),
+                    token.eq_ignore_ascii_case(b"keep-alive"),
+                    token.eq_ignore_ascii_case(b"upgrade"),
+                );
+                (close, keep_alive, connection_upgrade) = (close | c, keep_alive | k, connection_upgrade | u);
+                names_fields |= !(c || k || u || token.is_empty());
             }
         } else if name == header::HOST {
             hosts += 1;
@@ -230,6 +250,9 @@ fn build(
             trailers |= bytes.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(b"trailers"));
         }
         headers.append(name, value);
+    }
+    if names_fields {
+        verbatim.into_map(&mut headers);
     }
     let framing = if transfer_encoding {
         if length.is_some() {
@@ -295,7 +318,15 @@ fn build(
         // (its bytes would be both the body and the tunnel's).
         upgrade: websocket && !http10 && framing == Framing::None,
         trailers,
+        verbatim,
     }))
+}
+
+/// Where the line of a field whose value ends at `value_end` ends: after
+/// its line feed (the parser has checked there is one, after at most
+/// whitespace).
+pub(super) fn line_end(head: &[u8], value_end: usize) -> usize {
+    head[value_end..].iter().position(|&b| b == b'\n').map_or(head.len(), |at| value_end + at + 1)
 }
 
 pub(super) fn trim(mut s: &[u8]) -> &[u8] {

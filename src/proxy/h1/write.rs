@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use super::super::body::ResponseBody;
 use super::super::stream::Rewind;
+use super::super::verbatim::Verbatim;
 use super::Conn;
 use super::parse::Rejection;
 
@@ -141,10 +142,11 @@ pub async fn rejection(conn: &Conn, rejection: Rejection) -> std::io::Result<()>
     conn.flush().await
 }
 
-/// Writes a response and its body.
+/// Writes a response (its fields: those in its map, then those kept as
+/// they came) and its body.
 pub async fn response(
     conn: &Conn,
-    response: Response<ResponseBody>,
+    (response, verbatim): (Response<ResponseBody>, &Verbatim),
     meta: Meta,
     upgrade: Option<oneshot::Sender<Rewind>>,
 ) -> Written {
@@ -157,7 +159,8 @@ pub async fn response(
     if status == StatusCode::SWITCHING_PROTOCOLS {
         // The head as the service made it (Upgrade, Connection: upgrade), then the tunnel.
         fields(buf, &parts.headers);
-        if !parts.headers.contains_key(header::DATE) {
+        verbatim.write(buf);
+        if !verbatim.has_date() && !parts.headers.contains_key(header::DATE) {
             date(buf);
         }
         buf.extend_from_slice(b"\r\n");
@@ -182,7 +185,7 @@ pub async fn response(
     let body_owed = withheld && !conn.decoder.get().is_done();
     let mut keep_alive = meta.keep_alive && !body_owed;
     let mut length = None;
-    let mut has_date = false;
+    let mut has_date = verbatim.has_date();
     for (name, value) in &parts.headers {
         if name == header::CONNECTION || name == header::TRANSFER_ENCODING || name.as_str() == "keep-alive" {
             continue;
@@ -200,6 +203,7 @@ pub async fn response(
         }
         field(buf, name.as_str().as_bytes(), value.as_bytes());
     }
+    verbatim.write(buf);
     let exact = body.size_hint().exact();
     let framing = if no_body {
         if meta.head
