@@ -34,6 +34,18 @@ fn watch_pause(breaks: u32) -> Duration {
     }
 }
 
+/// The revision a broken watch resumes after, once `events` are delivered:
+/// the newest of theirs (`last` if none is newer). Not the message's header
+/// revision, which can be ahead of the events delivered (see
+/// [`WatchMessage::Events`]): resuming after it would skip the batches
+/// still to come. etcd never splits one revision's events between messages
+/// (it fragments only when asked to), so every event up to the returned
+/// revision has been delivered. An event that did not decode counts for
+/// nothing: resuming may deliver it again, and it is ignored again.
+fn resume_after(last: i64, events: &[Result<Event, BadRecord>]) -> i64 {
+    events.iter().flatten().map(|event| event.kv.mod_revision).fold(last, i64::max)
+}
+
 /// Starts the fleet thread. Returns at once: the first session connects
 /// in the background (a replica starts while etcd is unreachable).
 pub fn start(
@@ -264,6 +276,7 @@ impl Session {
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut counters = tokio::time::interval(COUNTERS_EVERY);
         counters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The read's revision: the watch starts with the revision after it.
         let mut watch_revision = revision;
         let mut watch_opened = tokio::time::Instant::now();
         let (mut breaks, mut resume_at) = (0u32, None::<tokio::time::Instant>);
@@ -284,8 +297,8 @@ impl Session {
                     watch_opened = tokio::time::Instant::now();
                 }
                 message = watch.next(), if resume_at.is_none() => match message {
-                    Ok(WatchMessage::Events { revision, events }) => {
-                        watch_revision = watch_revision.max(revision);
+                    Ok(WatchMessage::Events { events }) => {
+                        watch_revision = resume_after(watch_revision, &events);
                         self.apply_events(events);
                         self.acquire_drivers(lease).await;
                     }
