@@ -718,9 +718,10 @@ async fn replicas_sign_in_to_an_etcd_with_authentication_on() {
 enum Cut {
     /// Passes it on to etcd.
     Pass,
-    /// Answers a watch with its `created` message and then ends it, as a
-    /// broken gateway or proxy might.
-    EndWatch,
+    /// Answers a watch with its `created` message, then with the line the
+    /// receiver yields if one is given, and then ends it, as a broken
+    /// gateway or proxy might.
+    EndWatch(Option<tokio::sync::oneshot::Receiver<String>>),
     /// Closes the connection unanswered, as an etcd that dies mid-call does.
     Drop,
 }
@@ -765,13 +766,20 @@ async fn stand_in(
                             let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                         }
                     }
-                    Cut::EndWatch => {
+                    Cut::EndWatch(then) => {
+                        let chunk = |line: &str| format!("{:x}\r\n{line}\r\n", line.len());
                         let created = "{\"result\":{\"header\":{\"revision\":\"1\"},\"created\":true}}\n";
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{created}\r\n0\r\n\r\n",
-                            created.len()
-                        );
-                        let _ = client.write_all(answer.as_bytes()).await;
+                        let head =
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                        let _ = client.write_all(format!("{head}{}", chunk(created)).as_bytes()).await;
+                        let line = match then {
+                            Some(then) => then.await.ok(),
+                            None => None,
+                        };
+                        if let Some(line) = line {
+                            let _ = client.write_all(chunk(&line).as_bytes()).await;
+                        }
+                        let _ = client.write_all(b"0\r\n\r\n").await;
                     }
                     Cut::Drop => {}
                 }
@@ -796,7 +804,7 @@ async fn a_watch_that_keeps_breaking_is_resumed_ever_more_slowly() {
     let breaker = stand_in(etcd_addr(&etcd), move |call| match call.starts_with(b"POST /v3/watch ") {
         true => {
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Cut::EndWatch
+            Cut::EndWatch(None)
         }
         false => Cut::Pass,
     })
@@ -817,4 +825,56 @@ async fn a_watch_that_keeps_breaking_is_resumed_ever_more_slowly() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["connected"], json!(true), "{body}");
     assert_eq!(get(proxy.addr(), "/", &[]).await.status, StatusCode::OK);
+}
+
+/// etcd sends a watcher that catches up in batches, each stamped with the
+/// store's current revision rather than its last event's. A watch that
+/// breaks right after such a batch resumes after the batch's last event,
+/// so a change the header's revision covers but no batch has carried yet
+/// still reaches the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_breaks_after_a_partial_batch_still_delivers_the_changes_after_it() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let etcd = Etcd::start();
+    let mut fleet = Fleet::start(&etcd, 1, "2s").await;
+    // Replica 1's first watch is answered by the stand-in with the batch
+    // sent on `batch`, then ends; the watches after it reach etcd.
+    let (batch, first) = tokio::sync::oneshot::channel::<String>();
+    let first = std::sync::Mutex::new(Some(first));
+    let watches = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = watches.clone();
+    let stand_in = stand_in(etcd_addr(&etcd), move |call| match call.starts_with(b"POST /v3/watch ") {
+        true => {
+            count.fetch_add(1, Ordering::SeqCst);
+            match first.lock().unwrap().take() {
+                Some(first) => Cut::EndWatch(Some(first)),
+                None => Cut::Pass,
+            }
+        }
+        false => Cut::Pass,
+    })
+    .await;
+    fleet.add_at(&[format!("http://{stand_in}")], "proxy-1", "2s", None);
+    // Replica 1 has read the fleet's state: what follows is news to it.
+    let opened = until(WAIT, || async { watches.load(Ordering::SeqCst) >= 1 }).await;
+    assert!(opened, "no watch was opened");
+
+    let client = cutover::fleet::etcd::Client::new(&etcd.urls(), Duration::from_secs(2), None, None).unwrap();
+    let note = format!("{}/note", fleet.prefix);
+    let delivered = client.put(&note, b"in the batch", 0).await.expect("etcd put");
+    let (status, body) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 100}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (current, kvs) = client.range(&format!("{}/routes/web", fleet.prefix), false).await.expect("etcd range");
+    let skipped = kvs.first().and_then(|kv| kv.as_ref().ok()).expect("the route's record").mod_revision;
+    assert!(delivered < skipped && skipped <= current, "{delivered} < {skipped} <= {current}");
+    let encode = |bytes: &[u8]| cutover::fleet::base64::encode(bytes);
+    let (key, value) = (encode(note.as_bytes()), encode(b"in the batch"));
+    let kv =
+        format!(r#"{{"key":"{key}","value":"{value}","mod_revision":"{delivered}","create_revision":"{delivered}"}}"#);
+    batch
+        .send(format!(r#"{{"result":{{"header":{{"revision":"{current}"}},"events":[{{"kv":{kv}}}]}}}}"#) + "\n")
+        .unwrap();
+
+    fleet.wait_all("weight 100", |r| r["weight"] == json!(100.0)).await;
+    assert!(watches.load(Ordering::SeqCst) >= 2, "the watch was resumed");
 }
