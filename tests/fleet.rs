@@ -46,13 +46,15 @@ impl Fleet {
         fleet
     }
 
-    fn config(&self, etcd: &Etcd, name: &str, lease: &str) -> String {
-        two_pool_config(self.stable.addr, self.canary.addr, 0.0, &etcd.fleet_section(&self.prefix, name, lease))
-    }
-
     /// Starts one more replica (in `dir` if given: a restart with its cache).
     async fn add(&mut self, etcd: &Etcd, name: &str, lease: &str, dir: Option<tempfile::TempDir>) -> usize {
-        let config = self.config(etcd, name, lease);
+        self.add_at(&etcd.urls(), name, lease, dir)
+    }
+
+    /// Starts one more replica that reaches etcd at `urls`.
+    fn add_at(&mut self, urls: &[String], name: &str, lease: &str, dir: Option<tempfile::TempDir>) -> usize {
+        let section = common::etcd::fleet_section(urls, &self.prefix, name, lease);
+        let config = two_pool_config(self.stable.addr, self.canary.addr, 0.0, &section);
         let proxy = match dir {
             Some(dir) => Proxy::start_in(dir, &config),
             None => Proxy::start(&config),
@@ -440,6 +442,52 @@ async fn etcd_killed_under_load_then_restarted_the_fleet_converges_on_the_rollba
     loads.none_failed("while etcd was down").await;
 }
 
+/// The race behind the test above, made certain: etcd fails the rollback's
+/// write before the replica's session has noticed anything (its lease and
+/// watch still work), so the rollback is handed to the running session to
+/// write; that write fails too, and the rollback must still reach the fleet
+/// once etcd answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_whose_write_fails_before_the_session_notices_still_reaches_the_fleet() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let etcd = Etcd::start();
+    let mut fleet = Fleet::start(&etcd, 1, "2s").await;
+    // Replica 1 reaches etcd through a stand-in that, while `cut` is set,
+    // drops every call naming the route's key (and only those).
+    let route_key = cutover::fleet::base64::encode(format!("{}/routes/web", fleet.prefix).as_bytes());
+    let (cut, dropped) = (std::sync::Arc::new(AtomicBool::new(false)), std::sync::Arc::new(AtomicUsize::new(0)));
+    let (cutting, count) = (cut.clone(), dropped.clone());
+    let stand_in = stand_in(etcd_addr(&etcd), move |call| {
+        match cutting.load(Ordering::SeqCst) && common::wire::find(call, route_key.as_bytes()).is_some() {
+            true => {
+                count.fetch_add(1, Ordering::SeqCst);
+                Cut::Drop
+            }
+            false => Cut::Pass,
+        }
+    })
+    .await;
+    fleet.add_at(&[format!("http://{stand_in}")], "proxy-1", "2s", None);
+    for i in 0..2 {
+        fleet.wait_connected(i, 2).await;
+    }
+    let (status, _) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 100}))).await;
+    assert_eq!(status, StatusCode::OK);
+    fleet.wait_all("weight 100", |r| r["weight"] == json!(100.0)).await;
+
+    cut.store(true, Ordering::SeqCst);
+    let (status, body) = call(fleet.at(1), Method::POST, "/v1/routes/web/rollback", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The compare-and-swap, then the session's write of the kept rollback.
+    let both = until(WAIT, || async { dropped.load(Ordering::SeqCst) >= 2 }).await;
+    assert!(both, "{} calls dropped", dropped.load(Ordering::SeqCst));
+    assert_eq!(fleet.route(0).await["halted"], json!(false));
+
+    cut.store(false, Ordering::SeqCst);
+    fleet.wait_all("halted everywhere", |r| r["halted"] == json!(true) && r["weight"] == json!(0.0)).await;
+    fleet.wait_connected(1, 2).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_changes_the_configured_weight_reaches_the_fleet() {
     let etcd = Etcd::start();
@@ -666,46 +714,83 @@ async fn replicas_sign_in_to_an_etcd_with_authentication_on() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
-/// Stands between the replica and etcd: passes every connection through,
-/// but answers each watch itself with its `created` message and then ends
-/// it, as a broken gateway or proxy might. Counts the watches opened.
-async fn watch_breaker(
+/// What the stand-in between a replica and etcd does with one call.
+enum Cut {
+    /// Passes it on to etcd.
+    Pass,
+    /// Answers a watch with its `created` message, then with the line the
+    /// receiver yields if one is given, and then ends it, as a broken
+    /// gateway or proxy might.
+    EndWatch(Option<tokio::sync::oneshot::Receiver<String>>),
+    /// Closes the connection unanswered, as an etcd that dies mid-call does.
+    Drop,
+}
+
+/// One call as the client sent it, head and body; None if it ended first.
+async fn read_call(client: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut call = Vec::new();
+    loop {
+        if let Some(end) = common::wire::find(&call, b"\r\n\r\n") {
+            let head = common::wire::lossy(&call[..end]).to_ascii_lowercase();
+            let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).map(str::trim);
+            if call.len() >= end + 4 + length.map_or(0, |l| l.parse().unwrap_or(0)) {
+                return Some(call);
+            }
+        }
+        if !matches!(client.read_buf(&mut call).await, Ok(n) if n > 0) || call.len() > 65536 {
+            return None;
+        }
+    }
+}
+
+/// Stands between a replica and etcd: reads each call (the client opens a
+/// connection per call) and does with it what `rule` says.
+async fn stand_in(
     etcd: std::net::SocketAddr,
-) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    rule: impl Fn(&[u8]) -> Cut + Send + Sync + 'static,
+) -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let watches = std::sync::Arc::new(AtomicUsize::new(0));
-    let count = watches.clone();
+    let rule = std::sync::Arc::new(rule);
     tokio::spawn(async move {
         while let Ok((mut client, _)) = listener.accept().await {
-            let count = count.clone();
+            let rule = rule.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                while common::wire::find(&head, b"\r\n\r\n").is_none() {
-                    if !matches!(client.read_buf(&mut head).await, Ok(n) if n > 0) || head.len() > 65536 {
-                        return;
+                let Some(call) = read_call(&mut client).await else { return };
+                match rule(&call) {
+                    Cut::Pass => {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(etcd).await else { return };
+                        if server.write_all(&call).await.is_ok() {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
                     }
-                }
-                if head.starts_with(b"POST /v3/watch ") {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let created = "{\"result\":{\"header\":{\"revision\":\"1\"},\"created\":true}}\n";
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{created}\r\n0\r\n\r\n",
-                        created.len()
-                    );
-                    let _ = client.write_all(answer.as_bytes()).await;
-                    return;
-                }
-                let Ok(mut server) = tokio::net::TcpStream::connect(etcd).await else { return };
-                if server.write_all(&head).await.is_ok() {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    Cut::EndWatch(then) => {
+                        let chunk = |line: &str| format!("{:x}\r\n{line}\r\n", line.len());
+                        let created = "{\"result\":{\"header\":{\"revision\":\"1\"},\"created\":true}}\n";
+                        let head =
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                        let _ = client.write_all(format!("{head}{}", chunk(created)).as_bytes()).await;
+                        let line = match then {
+                            Some(then) => then.await.ok(),
+                            None => None,
+                        };
+                        if let Some(line) = line {
+                            let _ = client.write_all(chunk(&line).as_bytes()).await;
+                        }
+                        let _ = client.write_all(b"0\r\n\r\n").await;
+                    }
+                    Cut::Drop => {}
                 }
             });
         }
     });
-    (addr, watches)
+    addr
+}
+
+fn etcd_addr(etcd: &Etcd) -> std::net::SocketAddr {
+    etcd.urls()[0].trim_start_matches("http://").parse().unwrap()
 }
 
 /// A watch that breaks as soon as it opens is resumed after a pause that
@@ -714,15 +799,19 @@ async fn watch_breaker(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_that_keeps_breaking_is_resumed_ever_more_slowly() {
     let etcd = Etcd::start();
-    let url = etcd.urls()[0].clone();
-    let etcd_addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
-    let (breaker, watches) = watch_breaker(etcd_addr).await;
+    let watches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = watches.clone();
+    let breaker = stand_in(etcd_addr(&etcd), move |call| match call.starts_with(b"POST /v3/watch ") {
+        true => {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Cut::EndWatch(None)
+        }
+        false => Cut::Pass,
+    })
+    .await;
     let stable = Backend::named("stable").await;
     let canary = Backend::named("canary").await;
-    let section = format!(
-        "[fleet]\netcd = [\"http://{breaker}\"]\nprefix = {:?}\nname = \"proxy-0\"\nlease = \"2s\"\n",
-        prefix()
-    );
+    let section = common::etcd::fleet_section(&[format!("http://{breaker}")], &prefix(), "proxy-0", "2s");
     let proxy = Proxy::start(&two_pool_config(stable.addr, canary.addr, 0.0, &section));
     let opened = until(WAIT, || async { watches.load(std::sync::atomic::Ordering::SeqCst) >= 1 }).await;
     assert!(opened, "no watch was opened");
@@ -736,4 +825,56 @@ async fn a_watch_that_keeps_breaking_is_resumed_ever_more_slowly() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["connected"], json!(true), "{body}");
     assert_eq!(get(proxy.addr(), "/", &[]).await.status, StatusCode::OK);
+}
+
+/// etcd sends a watcher that catches up in batches, each stamped with the
+/// store's current revision rather than its last event's. A watch that
+/// breaks right after such a batch resumes after the batch's last event,
+/// so a change the header's revision covers but no batch has carried yet
+/// still reaches the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_breaks_after_a_partial_batch_still_delivers_the_changes_after_it() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let etcd = Etcd::start();
+    let mut fleet = Fleet::start(&etcd, 1, "2s").await;
+    // Replica 1's first watch is answered by the stand-in with the batch
+    // sent on `batch`, then ends; the watches after it reach etcd.
+    let (batch, first) = tokio::sync::oneshot::channel::<String>();
+    let first = std::sync::Mutex::new(Some(first));
+    let watches = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = watches.clone();
+    let stand_in = stand_in(etcd_addr(&etcd), move |call| match call.starts_with(b"POST /v3/watch ") {
+        true => {
+            count.fetch_add(1, Ordering::SeqCst);
+            match first.lock().unwrap().take() {
+                Some(first) => Cut::EndWatch(Some(first)),
+                None => Cut::Pass,
+            }
+        }
+        false => Cut::Pass,
+    })
+    .await;
+    fleet.add_at(&[format!("http://{stand_in}")], "proxy-1", "2s", None);
+    // Replica 1 has read the fleet's state: what follows is news to it.
+    let opened = until(WAIT, || async { watches.load(Ordering::SeqCst) >= 1 }).await;
+    assert!(opened, "no watch was opened");
+
+    let client = cutover::fleet::etcd::Client::new(&etcd.urls(), Duration::from_secs(2), None, None).unwrap();
+    let note = format!("{}/note", fleet.prefix);
+    let delivered = client.put(&note, b"in the batch", 0).await.expect("etcd put");
+    let (status, body) = call(fleet.at(0), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 100}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (current, kvs) = client.range(&format!("{}/routes/web", fleet.prefix), false).await.expect("etcd range");
+    let skipped = kvs.first().and_then(|kv| kv.as_ref().ok()).expect("the route's record").mod_revision;
+    assert!(delivered < skipped && skipped <= current, "{delivered} < {skipped} <= {current}");
+    let encode = |bytes: &[u8]| cutover::fleet::base64::encode(bytes);
+    let (key, value) = (encode(note.as_bytes()), encode(b"in the batch"));
+    let kv =
+        format!(r#"{{"key":"{key}","value":"{value}","mod_revision":"{delivered}","create_revision":"{delivered}"}}"#);
+    batch
+        .send(format!(r#"{{"result":{{"header":{{"revision":"{current}"}},"events":[{{"kv":{kv}}}]}}}}"#) + "\n")
+        .unwrap();
+
+    fleet.wait_all("weight 100", |r| r["weight"] == json!(100.0)).await;
+    assert!(watches.load(Ordering::SeqCst) >= 2, "the watch was resumed");
 }

@@ -484,8 +484,13 @@ pub struct Watch {
 #[derive(Debug, PartialEq)]
 pub enum WatchMessage {
     /// Changes in revision order; one that does not decode is there as the
-    /// error the caller logs and ignores.
-    Events { revision: i64, events: Vec<Result<Event, BadRecord>> },
+    /// error the caller logs and ignores. The message's header revision is
+    /// not kept: it is "the key-value store revision when the request was
+    /// applied" (etcd's API reference), and a watcher catching up gets its
+    /// events in batches of at most 1,000 revisions, each with the store's
+    /// current revision in its header, so it says nothing of what was
+    /// delivered.
+    Events { events: Vec<Result<Event, BadRecord>> },
     /// The start revision was compacted away: read everything again.
     Compacted { revision: i64 },
 }
@@ -505,7 +510,12 @@ fn event(e: &Value) -> Result<Event, BadRecord> {
 }
 
 /// One line of the watch stream: a message, or None for one that carries
-/// no change (the watch's creation, progress notices, blank lines).
+/// no change (blank lines, the watch's creation, progress notices). Neither
+/// of the last two moves the revision a watch resumes from: the creation's
+/// header holds the store's current revision, not the watcher's; a progress
+/// notice is sent only when asked for (this client does not), and in etcd
+/// releases without the fix for etcd issue 15220 a requested one could
+/// overtake events still to be sent.
 fn watch_message(line: &[u8]) -> Result<Option<WatchMessage>, EtcdError> {
     let value = match serde_json::from_slice::<Value>(line) {
         Ok(value) => value,
@@ -529,7 +539,9 @@ fn watch_message(line: &[u8]) -> Result<Option<WatchMessage>, EtcdError> {
     if events.is_empty() {
         return Ok(None);
     }
-    Ok(Some(WatchMessage::Events { revision: revision(result)?, events }))
+    // Every answer carries a header revision: a message without one is not etcd's.
+    revision(result)?;
+    Ok(Some(WatchMessage::Events { events }))
 }
 
 impl Watch {
@@ -661,10 +673,9 @@ mod tests {
             .filter(|&&b| b != b'\n')
             .copied()
             .collect::<Vec<u8>>();
-        let Ok(Some(WatchMessage::Events { revision, events })) = watch_message(&line) else {
+        let Ok(Some(WatchMessage::Events { events })) = watch_message(&line) else {
             panic!("{:?}", watch_message(&line))
         };
-        assert_eq!(revision, 9);
         let a = |value: &[u8], rev, create| Kv {
             key: "a".into(),
             value: value.to_vec(),

@@ -127,7 +127,7 @@ pub(crate) enum Request {
         as_driver: bool,
         reply: std::sync::mpsc::Sender<Result<i64, WriteError>>,
     },
-    /// A manual rollback made while etcd was unreachable: written on reconnect.
+    /// A manual rollback whose write found etcd unreachable: kept until etcd has it.
     Pending { route: String, record: RouteRecord },
 }
 

@@ -34,6 +34,18 @@ fn watch_pause(breaks: u32) -> Duration {
     }
 }
 
+/// The revision a broken watch resumes after, once `events` are delivered:
+/// the newest of theirs (`last` if none is newer). Not the message's header
+/// revision, which can be ahead of the events delivered (see
+/// [`WatchMessage::Events`]): resuming after it would skip the batches
+/// still to come. etcd never splits one revision's events between messages
+/// (it fragments only when asked to), so every event up to the returned
+/// revision has been delivered. An event that did not decode counts for
+/// nothing: resuming may deliver it again, and it is ignored again.
+fn resume_after(last: i64, events: &[Result<Event, BadRecord>]) -> i64 {
+    events.iter().flatten().map(|event| event.kv.mod_revision).fold(last, i64::max)
+}
+
 /// Starts the fleet thread. Returns at once: the first session connects
 /// in the background (a replica starts while etcd is unreachable).
 pub fn start(
@@ -237,13 +249,8 @@ impl Session {
         self.lease = lease;
         let mut last_renewal = Instant::now();
         // Manual rollbacks made while away are written first: they win.
-        for (route, record) in std::mem::take(&mut self.pending) {
-            let value = serde_json::to_vec(&record).unwrap_or_default();
-            if let Err(e) = self.client.put(&super::route_key(&self.fleet.prefix, &route), &value, 0).await {
-                self.pending.insert(route, record);
-                return End::Lost(e.to_string());
-            }
-            tracing::info!(route, "fleet: the rollback made while etcd was unreachable is written");
+        if let Err(e) = self.write_pending().await {
+            return End::Lost(e.to_string());
         }
         let revision = match self.resync().await {
             Ok(r) => r,
@@ -269,6 +276,7 @@ impl Session {
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut counters = tokio::time::interval(COUNTERS_EVERY);
         counters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The read's revision: the watch starts with the revision after it.
         let mut watch_revision = revision;
         let mut watch_opened = tokio::time::Instant::now();
         let (mut breaks, mut resume_at) = (0u32, None::<tokio::time::Instant>);
@@ -289,8 +297,8 @@ impl Session {
                     watch_opened = tokio::time::Instant::now();
                 }
                 message = watch.next(), if resume_at.is_none() => match message {
-                    Ok(WatchMessage::Events { revision, events }) => {
-                        watch_revision = watch_revision.max(revision);
+                    Ok(WatchMessage::Events { events }) => {
+                        watch_revision = resume_after(watch_revision, &events);
                         self.apply_events(events);
                         self.acquire_drivers(lease).await;
                     }
@@ -308,7 +316,11 @@ impl Session {
                         resume_at = Some(tokio::time::Instant::now() + pause);
                     }
                 },
-                Some(request) = self.requests.recv() => self.request(request, lease),
+                Some(request) = self.requests.recv() => {
+                    if let Err(e) = self.request(request, lease).await {
+                        return End::Lost(e.to_string());
+                    }
+                }
                 _ = renew.tick() => {
                     // Stop driving before the lease can have expired in etcd: no two drivers.
                     if last_renewal.elapsed() > self.fleet.lease * 2 / 3 {
@@ -497,16 +509,30 @@ impl Session {
         }
     }
 
-    fn request(&mut self, request: Request, lease: i64) {
+    /// Writes the manual rollbacks made while etcd was unreachable; each
+    /// stays pending until etcd has it.
+    async fn write_pending(&mut self) -> Result<(), EtcdError> {
+        while let Some((route, record)) = self.pending.pop_first() {
+            let value = serde_json::to_vec(&record).unwrap_or_default();
+            if let Err(e) = self.client.put(&super::route_key(&self.fleet.prefix, &route), &value, 0).await {
+                self.pending.insert(route, record);
+                return Err(e);
+            }
+            tracing::info!(route, "fleet: the rollback made while etcd was unreachable is written");
+        }
+        Ok(())
+    }
+
+    /// Handles a request from the control task; an error ends the session.
+    async fn request(&mut self, request: Request, lease: i64) -> Result<(), EtcdError> {
         match request {
+            // A rollback whose write failed. Etcd may be gone while this
+            // session has not noticed yet: the rollback stays pending until
+            // etcd has it, and a failure ends the session (the next one
+            // writes it first).
             Request::Pending { route, record } => {
-                // Connected again before the control task noticed: write it now.
-                let client = self.client.clone();
-                let key = super::route_key(&self.fleet.prefix, &route);
-                tokio::spawn(async move {
-                    let value = serde_json::to_vec(&record).unwrap_or_default();
-                    let _ = client.put(&key, &value, 0).await;
-                });
+                self.pending.insert(route, record);
+                return self.write_pending().await;
             }
             Request::Write { route, record, expected, as_driver, reply } => {
                 let client = self.client.clone();
@@ -543,6 +569,7 @@ impl Session {
                 });
             }
         }
+        Ok(())
     }
 
     fn config_hash(&mut self) -> String {

@@ -196,11 +196,16 @@ impl Etcd {
 
     /// A `[fleet]` section for replica `name` under `prefix`.
     pub fn fleet_section(&self, prefix: &str, name: &str, lease: &str) -> String {
-        let urls: Vec<String> = self.urls().iter().map(|u| format!("{u:?}")).collect();
-        format!("[fleet]\netcd = [{}]\nprefix = {prefix:?}\nname = {name:?}\nlease = {lease:?}\n", urls.join(", "))
+        fleet_section(&self.urls(), prefix, name, lease)
     }
 
     pub fn dir(&self) -> &Path {
         self._dir.path()
     }
+}
+
+/// A `[fleet]` section for replica `name` under `prefix` that reaches etcd at `urls`.
+pub fn fleet_section(urls: &[String], prefix: &str, name: &str, lease: &str) -> String {
+    let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+    format!("[fleet]\netcd = [{}]\nprefix = {prefix:?}\nname = {name:?}\nlease = {lease:?}\n", urls.join(", "))
 }
