@@ -91,23 +91,22 @@ pub async fn handle_h1(
     let started = activity::Started::new(&conn.activity);
     let snap = worker.snapshot();
     let mut kept = Verbatim::default();
-    let response = serve(&worker, &conn, &snap, (req, verbatim), start, &mut kept).await;
+    let response = serve(&worker, &conn, &snap, req, verbatim, start, &mut kept).await;
     // From here the response (its body's end, or the error path) ends the request.
     started.handed_over();
     (response, kept)
 }
 
-/// A request: its head with the fields in its map, and those kept as they came.
-type Incoming = (Request<ClientBody>, Verbatim);
-
 async fn serve(
     worker: &Rc<Worker>,
     conn: &Rc<ConnInfo>,
     snap: &Arc<Snapshot>,
-    (mut req, mut verbatim): Incoming,
+    mut req: Request<ClientBody>,
+    mut verbatim: Verbatim,
     start: Instant,
     kept: &mut Verbatim,
 ) -> Response<ResponseBody> {
+    // (Arguments one by one: a tuple pattern would store them twice in the future.)
     // Phase 1: the head.
     if let Some(name) = &snap.rules.sticky.header
         && !verbatim.is_empty()
@@ -161,7 +160,7 @@ async fn serve(
             return ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: no healthy backend\n");
         }
     };
-    forward(worker, conn, snap, decision, (req, verbatim), start, kept).await
+    forward(worker, conn, snap, decision, req, verbatim, start, kept).await
 }
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or
@@ -397,12 +396,51 @@ fn retry_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 
+/// What phase 3 learnt of a request that the later phases need.
+struct Upgrades {
+    /// The client asked for an upgrade the server can carry out.
+    upgrade: bool,
+    h2_websocket: bool,
+    client_upgrade: Option<ClientUpgrade>,
+    client_version: HttpVersion,
+}
+
+/// Phase 3: the upstream head. An upgrade is what the client side can
+/// carry out: a WebSocket over HTTP/2, or an HTTP/1.1 request the server
+/// will hand its stream over for (never one with a body). Upgrade fields on
+/// anything else are hop-by-hop fields like any other. (A function of its
+/// own: its locals then take no room in the request's future.)
+fn upstream_head(mut req: Request<ClientBody>) -> (http::request::Parts, ClientBody, Upgrades) {
+    let h2_websocket = headers::is_h2_websocket(&req);
+    let upgrade = h2_websocket || req.extensions().get::<super::h1::Upgrade>().is_some();
+    let client_upgrade = upgrade.then(|| ClientUpgrade::of(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let client_version = parts.version;
+    if client_version == HttpVersion::HTTP_2 {
+        // Host was settled in the head phase (headers::h2_host).
+        headers::join_cookies(&mut parts.headers);
+    }
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    if h2_websocket {
+        headers::h2_websocket_to_http11(&mut parts.method, &mut parts.headers, rand::random());
+    }
+    parts.headers.remove(header::EXPECT);
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let origin = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        parts.uri = origin.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    parts.version = HttpVersion::HTTP_11;
+    (parts, body, Upgrades { upgrade, h2_websocket, client_upgrade, client_version })
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     worker: &Rc<Worker>,
     conn: &Rc<ConnInfo>,
     snap: &Arc<Snapshot>,
     d: Decision,
-    (mut req, verbatim): Incoming,
+    req: Request<ClientBody>,
+    verbatim: Verbatim,
     start: Instant,
     kept: &mut Verbatim,
 ) -> Response<ResponseBody> {
@@ -417,25 +455,30 @@ async fn forward(
     ctx.version = Some(d.version);
     ctx.reason = Some(d.reason);
 
-    // Phase 3: the upstream head.
-    let h2_websocket = headers::is_h2_websocket(&req);
-    // An upgrade is what the client side can carry out: a WebSocket over
-    // HTTP/2, or an HTTP/1.1 request the server will hand its stream over
-    // for (never one with a body). Upgrade fields on anything else are
-    // hop-by-hop fields like any other.
-    let upgrade = h2_websocket || req.extensions().get::<super::h1::Upgrade>().is_some();
-    let client_upgrade = upgrade.then(|| ClientUpgrade::of(&mut req));
-    let (mut parts, body) = req.into_parts();
-    let client_version = parts.version;
-    if client_version == HttpVersion::HTTP_2 {
-        // Host was settled in the head phase (headers::h2_host).
-        headers::join_cookies(&mut parts.headers);
-    }
-    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-    if h2_websocket {
-        headers::h2_websocket_to_http11(&mut parts.method, &mut parts.headers, rand::random());
-    }
-    parts.headers.remove(header::EXPECT);
+    let limits = &snap.config.retries;
+    let bytes_in = Rc::new(Cell::new(0u64));
+    // The head's parts live in this block only: they take no room in the
+    // future beside the request they become.
+    let (mut request, upgrades, resendable) = {
+        let (parts, body, upgrades) = upstream_head(req);
+        // After an upgrade's head come the tunnel's bytes, not a body.
+        let body = if upgrades.upgrade || body.is_end_stream() {
+            RequestBody::Empty
+        } else {
+            match request_body(worker, snap, body, bytes_in.clone()).await {
+                Ok(body) => body,
+                Err(e) => {
+                    tracing::debug!(error = %e, "request body failed");
+                    return client_body_failed(&ctx, worker, &e);
+                }
+            }
+        };
+        // A request without a body comes back from a failed attempt: it may be
+        // sent again if its method is safe.
+        let resendable = limits.attempts > 0 && !upgrades.upgrade && retry_safe(&parts.method);
+        (Request::from_parts(parts, body), upgrades, resendable)
+    };
+    let Upgrades { upgrade: _, h2_websocket, client_upgrade, client_version } = upgrades;
     let forwarded = Forwarded {
         client_ip: &conn.client_ip_header,
         tls: conn.tls,
@@ -447,29 +490,6 @@ async fn forward(
         version: d.version.as_str(),
         route: &route.header,
     };
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let origin = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        parts.uri = origin.parse().unwrap_or_else(|_| Uri::from_static("/"));
-    }
-    parts.version = HttpVersion::HTTP_11;
-    let bytes_in = Rc::new(Cell::new(0u64));
-    // After an upgrade's head come the tunnel's bytes, not a body.
-    let body = if upgrade || body.is_end_stream() {
-        RequestBody::Empty
-    } else {
-        match request_body(worker, snap, body, bytes_in.clone()).await {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::debug!(error = %e, "request body failed");
-                return client_body_failed(&ctx, worker, &e);
-            }
-        }
-    };
-    let limits = &snap.config.retries;
-    // A request without a body comes back from a failed attempt: it may be
-    // sent again if its method is safe.
-    let resendable = limits.attempts > 0 && !upgrade && retry_safe(&parts.method);
-    let mut request = Request::from_parts(parts, body);
 
     // Phase 4: send, retrying once when safe.
     let pool = &snap.pools[d.pool];
@@ -489,8 +509,9 @@ async fn forward(
             Ok(slot) => slot,
             Err(refused) => return queue_refused(&ctx, refused),
         };
-        let replayable = resendable && request.body().is_whole();
-        match send(worker, &backend, (request, &verbatim), &forwarded, snap, fresh, replayable).await {
+        let pick =
+            if fresh { Pick::Fresh } else { Pick::Pooled { replayable: resendable && request.body().is_whole() } };
+        match send(worker, &backend, request, &verbatim, &forwarded, snap, pick).await {
             Ok(resp) => {
                 if backend.failures.load(Ordering::Relaxed) != 0 {
                     backend.failures.store(0, Ordering::Relaxed);
@@ -644,19 +665,32 @@ enum SendError {
     Client(std::io::Error),
 }
 
-/// Sends on a pooled connection (unless `fresh`) or a new one, and waits for
+/// The connection an attempt goes on.
+#[derive(Clone, Copy)]
+enum Pick {
+    /// A new one.
+    Fresh,
+    /// One from the pool if there is one. `replayable`: the request can be
+    /// sent again should the connection turn out closed.
+    Pooled { replayable: bool },
+}
+
+/// Sends on a pooled connection or a new one, as `pick` says, and waits for
 /// the response head within `timeouts.response` of the upload's end.
 async fn send(
     worker: &Worker,
     backend: &Arc<Backend>,
-    (request, verbatim): (Request<RequestBody>, &Verbatim),
+    request: Request<RequestBody>,
+    verbatim: &Verbatim,
     forwarded: &Forwarded<'_>,
     snap: &Snapshot,
-    fresh: bool,
-    replayable: bool,
+    pick: Pick,
 ) -> Result<Response<UpstreamBody>, SendError> {
     let timeouts = &snap.config.timeouts;
-    let pooled = if fresh { None } else { worker.connections.take(backend.id, timeouts.upstream_idle, replayable) };
+    let pooled = match pick {
+        Pick::Fresh => None,
+        Pick::Pooled { replayable } => worker.connections.take(backend.id, timeouts.upstream_idle, replayable),
+    };
     let reused = pooled.is_some();
     let conn: Box<Connection> = match pooled {
         Some(c) => c,
