@@ -90,23 +90,31 @@ pub async fn handle_h1(
     let start = Instant::now();
     let started = activity::Started::new(&conn.activity);
     let snap = worker.snapshot();
-    let mut kept = Verbatim::default();
-    let response = serve(&worker, &conn, &snap, req, verbatim, start, &mut kept).await;
+    let (mut req, mut verbatim, mut kept) = (req, verbatim, Verbatim::default());
+    // The head and the decision take no await: only forwarding is a future
+    // of its own inside this one (each level of futures is copied whole
+    // when it starts).
+    let response = match decide(&worker, &conn, &snap, &mut req, &mut verbatim, start) {
+        Ok(decision) => forward(&worker, &conn, &snap, decision, req, verbatim, start, &mut kept).await,
+        Err(answer) => answer,
+    };
     // From here the response (its body's end, or the error path) ends the request.
     started.handed_over();
     (response, kept)
 }
 
-async fn serve(
+/// Phases 1 and 2: the head, then the decision; `Err`: the answer, without
+/// a backend (returned once, by value, as the response it is: boxing it
+/// would cost an allocation per local answer).
+#[allow(clippy::result_large_err)]
+fn decide(
     worker: &Rc<Worker>,
     conn: &Rc<ConnInfo>,
     snap: &Arc<Snapshot>,
-    mut req: Request<ClientBody>,
-    mut verbatim: Verbatim,
+    req: &mut Request<ClientBody>,
+    verbatim: &mut Verbatim,
     start: Instant,
-    kept: &mut Verbatim,
-) -> Response<ResponseBody> {
-    // (Arguments one by one: a tuple pattern would store them twice in the future.)
+) -> Result<Decision, Response<ResponseBody>> {
     // Phase 1: the head.
     if let Some(name) = &snap.rules.sticky.header
         && !verbatim.is_empty()
@@ -118,49 +126,53 @@ async fn serve(
     if req.version() == HttpVersion::HTTP_2 {
         let (uri, headers) = (req.uri().clone(), req.headers_mut());
         if let Err(text) = headers::h2_host(&uri, headers) {
-            return local(worker, conn, &req, start, StatusCode::BAD_REQUEST, text);
+            return Err(local(worker, conn, req, start, StatusCode::BAD_REQUEST, text));
         }
     }
-    let host = request_host(&req);
+    let host = request_host(req);
     if req.version() == HttpVersion::HTTP_11 && host.is_none() {
-        return local(worker, conn, &req, start, StatusCode::BAD_REQUEST, "400 Bad Request: missing Host header\n");
+        return Err(local(worker, conn, req, start, StatusCode::BAD_REQUEST, "400 Bad Request: missing Host header\n"));
     }
-    if req.method() == Method::CONNECT && !headers::is_h2_websocket(&req) {
-        return local(worker, conn, &req, start, StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed: CONNECT\n");
+    if req.method() == Method::CONNECT && !headers::is_h2_websocket(req) {
+        return Err(local(
+            worker,
+            conn,
+            req,
+            start,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405 Method Not Allowed: CONNECT\n",
+        ));
     }
     if let Some(enroll) = &snap.config.beta.enroll_path
         && req.uri().path() == enroll
     {
-        return enroll_response(worker, conn, snap, &req, start);
+        return Err(enroll_response(worker, conn, snap, req, start));
     }
 
     // Phase 2: the decision.
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let head =
         Head { host: host.as_deref(), path: req.uri().path(), headers: req.headers(), client_ip: conn.client_ip, now };
-    let decision = match routing::decide(&snap.rules, &head, rand::random::<u64>) {
-        Outcome::Routed(d) => d,
-        Outcome::NoRoute => {
-            return local(
-                worker,
-                conn,
-                &req,
-                start,
-                StatusCode::NOT_FOUND,
-                "404 Not Found: no route for this host and path\n",
-            );
-        }
+    match routing::decide(&snap.rules, &head, rand::random::<u64>) {
+        Outcome::Routed(d) => Ok(d),
+        Outcome::NoRoute => Err(local(
+            worker,
+            conn,
+            req,
+            start,
+            StatusCode::NOT_FOUND,
+            "404 Not Found: no route for this host and path\n",
+        )),
         Outcome::Unavailable { route, assigned, reason, new_key } => {
             let metrics = snap.routes[route].metrics.version(assigned).clone();
             metrics.assigned(reason);
-            let mut ctx = Context::new(worker, conn, snap, &req, start, metrics, new_key);
+            let mut ctx = Context::new(worker, conn, snap, req, start, metrics, new_key);
             ctx.route = Some(route);
             ctx.version = Some(assigned);
             ctx.reason = Some(reason);
-            return ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: no healthy backend\n");
+            Err(ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: no healthy backend\n"))
         }
-    };
-    forward(worker, conn, snap, decision, req, verbatim, start, kept).await
+    }
 }
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or

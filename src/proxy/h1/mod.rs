@@ -20,6 +20,7 @@ mod decode;
 pub mod fuzz;
 mod maps;
 mod parse;
+mod slot;
 mod write;
 
 use std::cell::{Cell, RefCell};
@@ -41,6 +42,7 @@ use tokio::time::Instant;
 
 use self::decode::{Decoder, Malformed, Step};
 use self::parse::Head;
+use self::slot::Slot;
 use self::write::{Meta, Written};
 use super::body::ClientBody;
 use super::client_timeouts::Activity;
@@ -588,9 +590,10 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
         };
         let body = ClientBody::H1(RequestBody::new(&conn));
         let watch = conn.decoder.get().is_done() && conn.buf.borrow().is_empty();
-        // Boxed: an idle connection's task then does not carry the space of
-        // a request in flight (a few KiB) while it waits.
-        let mut service = Box::pin(service::handle_h1(worker.clone(), info.clone(), request.map(|()| body), verbatim));
+        // On the heap (in a room kept per thread): an idle connection's task
+        // then does not carry the space of a request in flight (a few KiB)
+        // while it waits.
+        let mut service = Slot::new(service::handle_h1(worker.clone(), info.clone(), request.map(|()| body), verbatim));
         let answered = tokio::select! {
             biased;
             answered = &mut service => answered,
