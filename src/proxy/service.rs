@@ -521,9 +521,27 @@ async fn forward(
             Ok(slot) => slot,
             Err(refused) => return queue_refused(&ctx, refused),
         };
-        let pick =
-            if fresh { Pick::Fresh } else { Pick::Pooled { replayable: resendable && request.body().is_whole() } };
-        match send(worker, &backend, request, &verbatim, &forwarded, snap, pick).await {
+        // The attempt: a pooled connection or a new one, then the exchange
+        // (awaited here, not in a function of its own: one level of future
+        // less to copy whole per request).
+        let timeouts = &snap.config.timeouts;
+        let replayable = resendable && request.body().is_whole();
+        let pooled = if fresh { None } else { worker.connections.take(backend.id, timeouts.upstream_idle, replayable) };
+        let reused = pooled.is_some();
+        let conn = match pooled {
+            Some(c) => Ok(c),
+            None => upstream::connect(&backend, timeouts.connect).await,
+        };
+        let sent = match conn {
+            Ok(conn) => attempted(conn.send(request, &verbatim, &forwarded, timeouts.response).await, reused),
+            Err(error) => Err(SendError::Upstream(Box::new(SendFailure {
+                error,
+                request: Some(request),
+                unsent: true,
+                reused: false,
+            }))),
+        };
+        match sent {
             Ok(resp) => {
                 if backend.failures.load(Ordering::Relaxed) != 0 {
                     backend.failures.store(0, Ordering::Relaxed);
@@ -677,49 +695,17 @@ enum SendError {
     Client(std::io::Error),
 }
 
-/// The connection an attempt goes on.
-#[derive(Clone, Copy)]
-enum Pick {
-    /// A new one.
-    Fresh,
-    /// One from the pool if there is one. `replayable`: the request can be
-    /// sent again should the connection turn out closed.
-    Pooled { replayable: bool },
-}
-
-/// Sends on a pooled connection or a new one, as `pick` says, and waits for
-/// the response head within `timeouts.response` of the upload's end.
-async fn send(
-    worker: &Worker,
-    backend: &Arc<Backend>,
-    request: Request<RequestBody>,
-    verbatim: &Verbatim,
-    forwarded: &Forwarded<'_>,
-    snap: &Snapshot,
-    pick: Pick,
+/// How an attempt on a connection (`reused`: from the pool) went.
+fn attempted(
+    result: Result<Response<UpstreamBody>, Failure>,
+    reused: bool,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    let timeouts = &snap.config.timeouts;
-    let pooled = match pick {
-        Pick::Fresh => None,
-        Pick::Pooled { replayable } => worker.connections.take(backend.id, timeouts.upstream_idle, replayable),
-    };
-    let reused = pooled.is_some();
-    let conn: Box<Connection> = match pooled {
-        Some(c) => c,
-        None => match upstream::connect(backend, timeouts.connect).await {
-            Ok(c) => c,
-            Err(error) => {
-                let failure = SendFailure { error, request: Some(request), unsent: true, reused: false };
-                return Err(SendError::Upstream(Box::new(failure)));
-            }
-        },
-    };
-    let failure = |error, request: Option<Box<Request<RequestBody>>>, unsent| {
-        SendError::Upstream(Box::new(SendFailure { error, request: request.map(|r| *r), unsent, reused }))
-    };
-    match conn.send(request, verbatim, forwarded, timeouts.response).await {
+    match result {
         Ok(resp) => Ok(resp),
-        Err(Failure::Upstream { error, request, unsent }) => Err(failure(error, request, unsent)),
+        Err(Failure::Upstream { error, request, unsent }) => {
+            let request = request.map(|r| *r);
+            Err(SendError::Upstream(Box::new(SendFailure { error, request, unsent, reused })))
+        }
         Err(Failure::Client(e)) => Err(SendError::Client(e)),
     }
 }
