@@ -78,8 +78,28 @@ impl Pool {
     /// rotation and leaves the cursor alone, so the next request's choice is
     /// what it would have been without the failure. (Moving it for the retry
     /// too sent nearly every first attempt to the failing one of two.)
+    ///
+    /// A backend that failed `eject.after` attempts in a row is passed over
+    /// at once, unless every other one has too: the control plane's ejection
+    /// reaches the snapshot a moment later (more than a moment on a loaded
+    /// machine), and meanwhile every request sent there would need a retry
+    /// from the budget.
     pub fn pick(&self, exclude: Option<u64>, random: impl FnMut(usize) -> usize) -> Option<&Arc<Backend>> {
-        let candidates = self.healthy.iter().map(|&i| &self.backends[i]).filter(|b| Some(b.id) != exclude);
+        let after = self.eject.after.max(1);
+        let others = self.healthy.iter().map(|&i| &self.backends[i]).filter(move |b| Some(b.id) != exclude);
+        let working = others.clone().filter(move |b| b.failures.load(Ordering::Relaxed) < after);
+        match working.clone().count() {
+            0 => self.pick_among(others, exclude, random),
+            _ => self.pick_among(working, exclude, random),
+        }
+    }
+
+    fn pick_among<'a>(
+        &'a self,
+        candidates: impl Iterator<Item = &'a Arc<Backend>> + Clone,
+        exclude: Option<u64>,
+        random: impl FnMut(usize) -> usize,
+    ) -> Option<&'a Arc<Backend>> {
         let n = candidates.clone().count();
         if n == 0 {
             return None;
@@ -285,6 +305,40 @@ mod tests {
             cursor: Arc::default(),
             max_connections: 0,
             max_queue: 0,
+        }
+    }
+
+    #[test]
+    fn a_backend_that_failed_eject_after_times_in_a_row_is_passed_over_unless_all_have() {
+        for balance in [Balance::RoundRobin, Balance::LeastRequests] {
+            let p = pool(3, balance);
+            p.backends[1].failures.store(3, Ordering::Relaxed);
+            let mut n = 0;
+            let picks: Vec<u64> = (0..30)
+                .map(|_| {
+                    n += 1;
+                    p.pick(None, |k| n % k).unwrap().id
+                })
+                .collect();
+            assert!(!picks.contains(&p.backends[1].id), "{balance:?}: {picks:?}");
+            assert!(picks.contains(&p.backends[0].id) && picks.contains(&p.backends[2].id), "{balance:?}");
+            // A retry after backend 0 failed: backend 2, not the failing one.
+            assert_eq!(p.pick(Some(p.backends[0].id), |_| 0).unwrap().id, p.backends[2].id, "{balance:?}");
+            // Below the threshold it takes its turn again.
+            p.backends[1].failures.store(2, Ordering::Relaxed);
+            assert!(
+                (0..30).any(|_| {
+                    n += 1;
+                    p.pick(None, |k| n % k).unwrap().id == p.backends[1].id
+                }),
+                "{balance:?}"
+            );
+            // All failing: all still serve (the pick never refuses for this).
+            for b in &p.backends {
+                b.failures.store(5, Ordering::Relaxed);
+            }
+            let all: std::collections::HashSet<u64> = (0..30).map(|i| p.pick(None, |k| i % k).unwrap().id).collect();
+            assert_eq!(all.len(), 3, "{balance:?}");
         }
     }
 
