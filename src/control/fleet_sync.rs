@@ -45,6 +45,15 @@ impl Control {
         }
     }
 
+    /// After a reload's snapshot is published: a route it added takes the
+    /// fleet's state (its record, ignored while this config lacked the
+    /// route, is read and applied as from the watch).
+    pub(super) fn tell_store_routes(&mut self, old: &crate::config::Config) {
+        let added: Vec<String> =
+            self.config.routes.iter().filter(|r| old.route(&r.name).is_none()).map(|r| r.name.clone()).collect();
+        self.store.reloaded(&added);
+    }
+
     pub(super) fn fleet_note(&mut self, note: Note) {
         match note {
             // The run loop plans deadlines again after every command.

@@ -54,6 +54,10 @@ pub trait Store: Send {
 
     /// A change from the fleet was applied.
     fn seen(&mut self, _route: &str, _revision: i64, _record: Option<&RouteRecord>) {}
+
+    /// A reload added routes (its snapshot is published): in fleet mode
+    /// they take the fleet's state, as from the watch.
+    fn reloaded(&mut self, _added: &[String]) {}
 }
 
 impl RouteLive {
