@@ -317,19 +317,25 @@ async fn driver(fleet: &Fleet, i: usize) -> Option<String> {
     fleet.fleet_status(i).await["drivers"]["web"].as_str().map(str::to_string)
 }
 
+/// Starts a rollout of `web` on replica 0 and waits until replica `seen_by`
+/// knows its driver: the driver's name and index.
+async fn start_rollout(fleet: &Fleet, plan: Value, seen_by: usize) -> (String, usize) {
+    let (status, body) = call(fleet.at(0), Method::POST, "/v1/routes/web/rollout", Some(plan)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let has_driver = until(WAIT, || async { driver(fleet, seen_by).await.is_some() }).await;
+    assert!(has_driver, "no driver: {}", fleet.fleet_status(seen_by).await);
+    let name = driver(fleet, seen_by).await.unwrap();
+    let index = name.trim_start_matches("proxy-").parse().unwrap();
+    (name, index)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_drives_a_rollout_and_another_finishes_it_when_the_driver_dies() {
     let etcd = Etcd::start();
     let mut fleet = Fleet::start(&etcd, 3, "1s").await;
     let stop = tokio_util::sync::CancellationToken::new();
     let loads: Vec<_> = fleet.running().map(|p| tokio::spawn(load(p.addr(), stop.clone()))).collect();
-    let (status, body) =
-        call(fleet.at(0), Method::POST, "/v1/routes/web/rollout", Some(rollout(&[10, 50, 100], "2s", 0.01))).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let has_driver = until(WAIT, || async { driver(&fleet, 1).await.is_some() }).await;
-    assert!(has_driver, "no driver: {}", fleet.fleet_status(1).await);
-    let first = driver(&fleet, 1).await.unwrap();
-    let index: usize = first.trim_start_matches("proxy-").parse().unwrap();
+    let (first, index) = start_rollout(&fleet, rollout(&[10, 50, 100], "2s", 0.01), 1).await;
     // Exactly one replica says it drives.
     let driving: f64 =
         fleet.running().map(|p| common::metric(&p.metrics(), "cutover_rollout_driver{route=\"web\"}")).sum();
@@ -368,13 +374,8 @@ async fn one_replica_drives_a_rollout_and_another_finishes_it_when_the_driver_di
 async fn canary_errors_seen_only_through_a_replica_that_does_not_drive_roll_the_rollout_back() {
     let etcd = Etcd::start();
     let fleet = Fleet::start(&etcd, 2, "2s").await;
-    let (status, body) =
-        call(fleet.at(0), Method::POST, "/v1/routes/web/rollout", Some(rollout(&[50, 100], "3s", 0.05))).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let has_driver = until(WAIT, || async { driver(&fleet, 0).await.is_some() }).await;
-    assert!(has_driver);
-    let name = driver(&fleet, 0).await.unwrap();
-    let other = if name == "proxy-0" { 1 } else { 0 };
+    let (_, index) = start_rollout(&fleet, rollout(&[50, 100], "3s", 0.05), 0).await;
+    let other = 1 - index;
     // Canary errors only through the replica that does not drive; the
     // driver sees a healthy canary.
     for _ in 0..30 {
@@ -651,6 +652,22 @@ async fn a_route_added_by_a_reload_takes_the_fleet_state_at_once() {
     fleet.reload_with(0, |text| text + API_ROUTE).await;
     weight_30(0, "added again").await;
     assert_eq!(revision().await, written, "a replica that added or removed the route wrote its record");
+}
+
+/// A replica whose reload removes the route of the rollout it drives lets
+/// the rollout go: another replica, which still has the route, drives it
+/// on at the same step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_driven_route_hands_its_rollout_to_another_replica() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 2, "1s").await;
+    let (first, index) = start_rollout(&fleet, rollout(&[10, 50, 100], "60s", 0.01), 0).await;
+    let other = 1 - index;
+    fleet.reload_with(index, |text| text.replace("name = \"web\"", "name = \"www\"")).await;
+    let took_over = until(WAIT, || async { driver(&fleet, other).await.is_some_and(|d| d != first) }).await;
+    assert!(took_over, "the driver that lost the route kept the rollout: {}", fleet.fleet_status(other).await);
+    let route = fleet.route(other).await;
+    assert_eq!((&route["rollout"]["step"], &route["weight"]), (&json!(1), &json!(10.0)), "{route}");
 }
 
 /// `promtool check metrics` passes on a fleet replica's output.

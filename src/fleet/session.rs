@@ -485,6 +485,22 @@ impl Session {
         Ok(())
     }
 
+    /// Routes a reload removed: their windows and figures are dropped, so
+    /// that a rollout this replica drove is let go (by [`Self::acquire_drivers`])
+    /// to a replica that still has the route. Their records stay as they are.
+    fn let_go(&self, routes: &[String]) {
+        // Baselines and figures published go with the window (see publish_counters).
+        let mine = self.driver_value(self.lease);
+        let mut view = self.view();
+        for route in routes {
+            view.windows.remove(route);
+            view.counters.remove(route);
+            if view.drivers.get(route) != Some(&mine) {
+                view.drivers.remove(route);
+            }
+        }
+    }
+
     fn driver_value(&self, lease: i64) -> String {
         format!("{}#{lease:x}", self.fleet.name)
     }
@@ -557,8 +573,11 @@ impl Session {
                 self.pending.insert(route, record);
                 return self.write_pending().await;
             }
-            Request::Reloaded { added } => {
-                self.read_routes(&added).await?;
+            Request::Reloaded { added, removed } => {
+                self.let_go(&removed);
+                if !added.is_empty() {
+                    self.read_routes(&added).await?;
+                }
                 self.acquire_drivers(lease).await;
             }
             Request::Write { route, record, expected, as_driver, reply } => {
