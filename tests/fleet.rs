@@ -88,9 +88,21 @@ impl Fleet {
     }
 
     async fn route(&self, i: usize) -> Value {
-        let (status, body) = self.at(i).admin_call(Method::GET, "/v1/routes/web", None).await;
+        self.route_named(i, "web").await
+    }
+
+    async fn route_named(&self, i: usize, name: &str) -> Value {
+        let (status, body) = self.at(i).admin_call(Method::GET, &format!("/v1/routes/{name}"), None).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body
+    }
+
+    /// Rewrites replica `i`'s config file with `edit` and reloads it.
+    async fn reload_with(&self, i: usize, edit: impl FnOnce(String) -> String) {
+        let p = self.at(i);
+        std::fs::write(&p.config_path, edit(std::fs::read_to_string(&p.config_path).unwrap())).unwrap();
+        let (status, body) = call(p, Method::POST, "/v1/reload", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
 
     /// Waits until every running replica's route satisfies `check`.
@@ -305,19 +317,25 @@ async fn driver(fleet: &Fleet, i: usize) -> Option<String> {
     fleet.fleet_status(i).await["drivers"]["web"].as_str().map(str::to_string)
 }
 
+/// Starts a rollout of `web` on replica 0 and waits until replica `seen_by`
+/// knows its driver: the driver's name and index.
+async fn start_rollout(fleet: &Fleet, plan: Value, seen_by: usize) -> (String, usize) {
+    let (status, body) = call(fleet.at(0), Method::POST, "/v1/routes/web/rollout", Some(plan)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let has_driver = until(WAIT, || async { driver(fleet, seen_by).await.is_some() }).await;
+    assert!(has_driver, "no driver: {}", fleet.fleet_status(seen_by).await);
+    let name = driver(fleet, seen_by).await.unwrap();
+    let index = name.trim_start_matches("proxy-").parse().unwrap();
+    (name, index)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_drives_a_rollout_and_another_finishes_it_when_the_driver_dies() {
     let etcd = Etcd::start();
     let mut fleet = Fleet::start(&etcd, 3, "1s").await;
     let stop = tokio_util::sync::CancellationToken::new();
     let loads: Vec<_> = fleet.running().map(|p| tokio::spawn(load(p.addr(), stop.clone()))).collect();
-    let (status, body) =
-        call(fleet.at(0), Method::POST, "/v1/routes/web/rollout", Some(rollout(&[10, 50, 100], "2s", 0.01))).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let has_driver = until(WAIT, || async { driver(&fleet, 1).await.is_some() }).await;
-    assert!(has_driver, "no driver: {}", fleet.fleet_status(1).await);
-    let first = driver(&fleet, 1).await.unwrap();
-    let index: usize = first.trim_start_matches("proxy-").parse().unwrap();
+    let (first, index) = start_rollout(&fleet, rollout(&[10, 50, 100], "2s", 0.01), 1).await;
     // Exactly one replica says it drives.
     let driving: f64 =
         fleet.running().map(|p| common::metric(&p.metrics(), "cutover_rollout_driver{route=\"web\"}")).sum();
@@ -356,13 +374,8 @@ async fn one_replica_drives_a_rollout_and_another_finishes_it_when_the_driver_di
 async fn canary_errors_seen_only_through_a_replica_that_does_not_drive_roll_the_rollout_back() {
     let etcd = Etcd::start();
     let fleet = Fleet::start(&etcd, 2, "2s").await;
-    let (status, body) =
-        call(fleet.at(0), Method::POST, "/v1/routes/web/rollout", Some(rollout(&[50, 100], "3s", 0.05))).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let has_driver = until(WAIT, || async { driver(&fleet, 0).await.is_some() }).await;
-    assert!(has_driver);
-    let name = driver(&fleet, 0).await.unwrap();
-    let other = if name == "proxy-0" { 1 } else { 0 };
+    let (_, index) = start_rollout(&fleet, rollout(&[50, 100], "3s", 0.05), 0).await;
+    let other = 1 - index;
     // Canary errors only through the replica that does not drive; the
     // driver sees a healthy canary.
     for _ in 0..30 {
@@ -588,6 +601,73 @@ async fn records_for_a_route_this_replica_does_not_have_create_no_state() {
     assert!(ignored >= 4, "{text}");
     let (status, _) = call(fleet.at(0), Method::GET, "/v1/routes/ghost", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A second route for configs that differ between replicas.
+const API_ROUTE: &str =
+    "\n[[routes]]\nname = \"api\"\npath_prefix = \"/api/\"\nstable = \"stable\"\ncanary = \"canary\"\nweight = 0\n";
+
+/// A route a reload adds takes the fleet's state for it at once: its
+/// record, ignored while the replica's config lacked the route, is read
+/// after the reload, not only when it next changes. Likewise a route
+/// removed by a reload and added again by the next; the removal leaves the
+/// record as it is for the replicas that have the route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_added_by_a_reload_takes_the_fleet_state_at_once() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 2, "2s").await;
+    fleet.reload_with(1, |text| text + API_ROUTE).await;
+    let (status, body) = call(fleet.at(1), Method::PUT, "/v1/routes/api/weight", Some(json!({"weight": 30}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Replica 0 has seen the record and ignored it: its config lacks `api`.
+    let unknown = r#"cutover_fleet_ignored_records_total{reason="unknown_route"}"#;
+    let ignored = until(WAIT, || async { counter(&fleet.at(0).metrics(), unknown) >= 1 }).await;
+    assert!(ignored, "{}", fleet.at(0).metrics());
+    let (status, _) = call(fleet.at(0), Method::GET, "/v1/routes/api", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let client = cutover::fleet::etcd::Client::new(&etcd.urls(), Duration::from_secs(2), None, None).unwrap();
+    let key = format!("{}/routes/api", fleet.prefix);
+    let revision = || async {
+        let (_, kvs) = client.range(&key, false).await.expect("etcd range");
+        kvs.first().and_then(|kv| kv.as_ref().ok()).map(|kv| kv.mod_revision)
+    };
+    let written = revision().await;
+    assert!(written.is_some(), "no record for api");
+    let weight_30 = |i: usize, when: &'static str| {
+        let fleet = &fleet;
+        async move {
+            let ok = until(WAIT, || async { fleet.route_named(i, "api").await["weight"] == json!(30.0) }).await;
+            assert!(ok, "replica {i}, {when}: api not at the fleet's 30%: {}", fleet.route_named(i, "api").await);
+        }
+    };
+    // Added: the fleet's 30%, not the configured 0%, with no further write.
+    fleet.reload_with(0, |text| text + API_ROUTE).await;
+    weight_30(0, "added").await;
+    // Removed: gone here, untouched in etcd and on replica 1.
+    fleet.reload_with(0, |text| text.replace(API_ROUTE, "")).await;
+    let (status, _) = call(fleet.at(0), Method::GET, "/v1/routes/api", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    weight_30(1, "removed on replica 0").await;
+    // Added again: the fleet's state again, though the record is the one seen before.
+    fleet.reload_with(0, |text| text + API_ROUTE).await;
+    weight_30(0, "added again").await;
+    assert_eq!(revision().await, written, "a replica that added or removed the route wrote its record");
+}
+
+/// A replica whose reload removes the route of the rollout it drives lets
+/// the rollout go: another replica, which still has the route, drives it
+/// on at the same step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_driven_route_hands_its_rollout_to_another_replica() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 2, "1s").await;
+    let (first, index) = start_rollout(&fleet, rollout(&[10, 50, 100], "60s", 0.01), 0).await;
+    let other = 1 - index;
+    fleet.reload_with(index, |text| text.replace("name = \"web\"", "name = \"www\"")).await;
+    let took_over = until(WAIT, || async { driver(&fleet, other).await.is_some_and(|d| d != first) }).await;
+    assert!(took_over, "the driver that lost the route kept the rollout: {}", fleet.fleet_status(other).await);
+    let route = fleet.route(other).await;
+    assert_eq!((&route["rollout"]["step"], &route["weight"]), (&json!(1), &json!(10.0)), "{route}");
 }
 
 /// `promtool check metrics` passes on a fleet replica's output.

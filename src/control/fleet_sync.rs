@@ -45,6 +45,18 @@ impl Control {
         }
     }
 
+    /// After a reload's snapshot is published: a route it added takes the
+    /// fleet's state (its record, ignored while this config lacked the
+    /// route, is read and applied as from the watch); a route it removed
+    /// is let go, its record left to the replicas that still have it.
+    pub(super) fn tell_store_routes(&mut self, old: &crate::config::Config) {
+        let names = |from: &crate::config::Config, not_in: &crate::config::Config| -> Vec<String> {
+            from.routes.iter().filter(|r| not_in.route(&r.name).is_none()).map(|r| r.name.clone()).collect()
+        };
+        let (added, removed) = (names(&self.config, old), names(old, &self.config));
+        self.store.reloaded(&added, &removed);
+    }
+
     pub(super) fn fleet_note(&mut self, note: Note) {
         match note {
             // The run loop plans deadlines again after every command.

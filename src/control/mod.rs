@@ -913,6 +913,7 @@ impl Control {
         }
         crate::pace::point();
         self.publish();
+        self.tell_store_routes(&old);
         changes
     }
 

@@ -129,6 +129,10 @@ pub(crate) enum Request {
     },
     /// A manual rollback whose write found etcd unreachable: kept until etcd has it.
     Pending { route: String, record: RouteRecord },
+    /// A reload added and removed routes: the records of the added ones,
+    /// ignored until now, are read; what the session holds for the removed
+    /// ones (a rollout window, a driver key) is let go.
+    Reloaded { added: Vec<String>, removed: Vec<String> },
 }
 
 /// A handle on the fleet thread.
@@ -166,6 +170,16 @@ impl Fleet {
 
     pub fn pending(&self, route: &str, record: RouteRecord) {
         let _ = self.requests.send(Request::Pending { route: route.to_string(), record });
+    }
+
+    /// After a reload (see [`Request::Reloaded`]); does not wait: the added
+    /// routes' records come back as route changes, as from the watch. When
+    /// etcd is unreachable there is nothing to do: the next session reads
+    /// every record anyway.
+    pub fn reloaded(&self, added: Vec<String>, removed: Vec<String>) {
+        if !added.is_empty() || !removed.is_empty() {
+            let _ = self.requests.send(Request::Reloaded { added, removed });
+        }
     }
 
     pub fn drives(&self, route: &str) -> bool {

@@ -46,6 +46,16 @@ fn resume_after(last: i64, events: &[Result<Event, BadRecord>]) -> i64 {
     events.iter().flatten().map(|event| event.kv.mod_revision).fold(last, i64::max)
 }
 
+/// The route a key under the prefix (the prefix taken off) is about:
+/// `routes/{route}`, `drivers/{route}`, `counters/{route}/{name}`.
+fn route_of(rest: &str) -> Option<&str> {
+    match rest.split_once('/') {
+        Some(("routes" | "drivers", route)) => Some(route),
+        Some(("counters", rest)) => rest.rsplit_once('/').map(|(route, _)| route),
+        _ => None,
+    }
+}
+
 /// Starts the fleet thread. Returns at once: the first session connects
 /// in the background (a replica starts while etcd is unreachable).
 pub fn start(
@@ -236,6 +246,8 @@ impl Session {
             Request::Pending { route, record } => {
                 self.pending.insert(route, record);
             }
+            // The next session reads every record of the new config's routes.
+            Request::Reloaded { .. } => {}
         }
     }
 
@@ -379,12 +391,7 @@ impl Session {
             let Some(rest) = event.kv.key.strip_prefix(&prefix) else { continue };
             let revision = event.kv.mod_revision;
             view.applied_revision = view.applied_revision.max(revision);
-            let route = match rest.split_once('/') {
-                Some(("routes" | "drivers", route)) => Some(route),
-                Some(("counters", rest)) => rest.rsplit_once('/').map(|(route, _)| route),
-                _ => None,
-            };
-            if let Some(route) = route
+            if let Some(route) = route_of(rest)
                 && !self.unknown.configured(&config, route, &event.kv.key)
             {
                 self.metrics.ignored_records.with_label_values(&["unknown_route"]).inc();
@@ -462,6 +469,38 @@ impl Session {
         }
     }
 
+    /// Reads the records of routes a reload added and applies them as the
+    /// watch would have: until the new config was published, the watch
+    /// ignored them. One read of the prefix, whatever the number of routes;
+    /// a record that does not decode was counted when first seen.
+    async fn read_routes(&mut self, routes: &[String]) -> Result<(), EtcdError> {
+        let prefix = format!("{}/", self.fleet.prefix);
+        let (_, kvs) = self.client.range(&prefix, true).await?;
+        let ours = |key: &str| {
+            key.strip_prefix(&prefix).and_then(route_of).is_some_and(|route| routes.iter().any(|r| r == route))
+        };
+        let events =
+            kvs.into_iter().flatten().filter(|kv| ours(&kv.key)).map(|kv| Ok(Event { deleted: false, kv })).collect();
+        self.apply_events(events);
+        Ok(())
+    }
+
+    /// Routes a reload removed: their windows and figures are dropped, so
+    /// that a rollout this replica drove is let go (by [`Self::acquire_drivers`])
+    /// to a replica that still has the route. Their records stay as they are.
+    fn let_go(&self, routes: &[String]) {
+        // Baselines and figures published go with the window (see publish_counters).
+        let mine = self.driver_value(self.lease);
+        let mut view = self.view();
+        for route in routes {
+            view.windows.remove(route);
+            view.counters.remove(route);
+            if view.drivers.get(route) != Some(&mine) {
+                view.drivers.remove(route);
+            }
+        }
+    }
+
     fn driver_value(&self, lease: i64) -> String {
         format!("{}#{lease:x}", self.fleet.name)
     }
@@ -533,6 +572,13 @@ impl Session {
             Request::Pending { route, record } => {
                 self.pending.insert(route, record);
                 return self.write_pending().await;
+            }
+            Request::Reloaded { added, removed } => {
+                self.let_go(&removed);
+                if !added.is_empty() {
+                    self.read_routes(&added).await?;
+                }
+                self.acquire_drivers(lease).await;
             }
             Request::Write { route, record, expected, as_driver, reply } => {
                 let client = self.client.clone();

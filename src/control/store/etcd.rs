@@ -122,6 +122,15 @@ impl Store for EtcdStore {
         self.known.get(route).map_or(0, |k| k.0)
     }
 
+    fn reloaded(&mut self, added: &[String], removed: &[String]) {
+        // A route removed then added again: its record is read again and
+        // applied whatever revision this replica saw before.
+        for route in added.iter().chain(removed) {
+            self.known.remove(route);
+        }
+        self.fleet.reloaded(added.to_vec(), removed.to_vec());
+    }
+
     fn seen(&mut self, route: &str, revision: i64, record: Option<&RouteRecord>) {
         let window = record.and_then(|r| r.state.rollout.as_ref().and(r.window.clone()));
         self.known.insert(route.to_string(), (revision, window));
