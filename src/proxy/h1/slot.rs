@@ -51,7 +51,9 @@ impl<F: Future + 'static> Drop for Slot<F> {
     fn drop(&mut self) {
         let Some(mut room) = self.0.take() else { return };
         room.as_mut().set(None);
-        ROOMS.with_borrow_mut(|rooms| {
+        // A slot dropped as its thread ends (after the pool itself) is freed.
+        let _ = ROOMS.try_with(|rooms| {
+            let mut rooms = rooms.borrow_mut();
             if rooms.len() < KEPT {
                 rooms.push(Box::new(room));
             }
