@@ -22,18 +22,21 @@ thread_local! {
 
 /// A future in a room of its own; the room goes back to the thread's
 /// pool when this is dropped (the future, finished or not, dropped first).
-pub(super) struct Slot<F: Future + 'static>(Option<Pin<Box<Option<F>>>>);
+pub(super) struct Slot<F: Future + 'static>(Option<Room<F>>);
+
+/// A room as the pool holds it: boxed once more, so that it goes back to
+/// the pool as a `Box<dyn Any>` without another allocation.
+type Room<F> = Box<Pin<Box<Option<F>>>>;
 
 impl<F: Future + 'static> Slot<F> {
     pub(super) fn new(future: F) -> Slot<F> {
         let kept = ROOMS.with_borrow_mut(Vec::pop).and_then(|room| room.downcast::<Pin<Box<Option<F>>>>().ok());
         match kept {
-            Some(room) => {
-                let mut room = *room;
-                room.as_mut().set(Some(future));
+            Some(mut room) => {
+                room.set(Some(future));
                 Slot(Some(room))
             }
-            None => Slot(Some(Box::pin(Some(future)))),
+            None => Slot(Some(Box::new(Box::pin(Some(future))))),
         }
     }
 }
@@ -43,19 +46,19 @@ impl<F: Future + 'static> Future for Slot<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let room = self.0.as_mut().expect("a slot holds its room until dropped");
-        room.as_mut().as_pin_mut().expect("a slot holds its future until dropped").poll(cx)
+        room.as_mut().as_mut().as_pin_mut().expect("a slot holds its future until dropped").poll(cx)
     }
 }
 
 impl<F: Future + 'static> Drop for Slot<F> {
     fn drop(&mut self) {
         let Some(mut room) = self.0.take() else { return };
-        room.as_mut().set(None);
+        room.set(None);
         // A slot dropped as its thread ends (after the pool itself) is freed.
         let _ = ROOMS.try_with(|rooms| {
             let mut rooms = rooms.borrow_mut();
             if rooms.len() < KEPT {
-                rooms.push(Box::new(room));
+                rooms.push(room);
             }
         });
     }
@@ -72,7 +75,7 @@ mod tests {
     }
 
     fn room<F: Future + 'static>(slot: &Slot<F>) -> *const Option<F> {
-        &**slot.0.as_ref().unwrap()
+        &***slot.0.as_ref().unwrap()
     }
 
     #[test]
