@@ -7,8 +7,9 @@
 //! RFC 7239's predecessors `X-Forwarded-For/-Proto/-Host` and RFC 9110 §7.6.3
 //! `Via` tell the backend where the request came from.
 
-use super::verbatim::Verbatim;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::verbatim::Verbatim;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_CUTOVER_VERSION: HeaderName = HeaderName::from_static("x-cutover-version");
@@ -295,8 +296,9 @@ pub struct Forwarded<'a> {
 }
 
 /// Writes `headers` as HTTP/1.1 field lines for the backend, then the
-/// lines kept as they came (`verbatim`), then this hop's forwarding fields: `X-Forwarded-For` and `Via` get it appended
-/// (the client's lines merged into one); `X-Forwarded-Proto`, `-Host` (the
+/// lines kept as they came (`verbatim`), then this hop's forwarding
+/// fields: `X-Forwarded-For` and `Via` get it appended (the client's lines
+/// merged into one); `X-Forwarded-Proto`, `-Host` (the
 /// Host field) and `X-Cutover-*` replace whatever the client sent. Written
 /// straight into the request head rather than added to the map first.
 /// Returns the body length the fields announce; a Content-Length that is

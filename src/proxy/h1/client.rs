@@ -518,8 +518,7 @@ fn build(
     for &(ns, ne, vs, ve) in spans {
         if !spilled && verbatim::response_name(&head[ns..ne]) {
             if verbatim.keep(head, ns, line_end(head, ve)) {
-                // The one kept name of four letters that starts with a `d`.
-                if ne - ns == 4 && head[ns] | 0x20 == b'd' {
+                if head[ns..ne].eq_ignore_ascii_case(b"date") {
                     verbatim.kept_date();
                 }
                 continue;

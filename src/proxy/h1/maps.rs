@@ -65,7 +65,7 @@ fn common_name(name: &[u8]) -> Option<HeaderName> {
 
 /// A field name from a head: the same name (or the same refusal) as
 /// [`HeaderName::from_bytes`], cheaper for the common ones.
-pub(super) fn field_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+pub(in crate::proxy) fn field_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
     match common_name(name) {
         Some(known) => Ok(known),
         None => HeaderName::from_bytes(name),

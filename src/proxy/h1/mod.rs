@@ -44,6 +44,8 @@ use self::decode::{Decoder, Malformed, Step};
 use self::parse::Head;
 use self::slot::Slot;
 use self::write::{Meta, Written};
+/// For fields kept as they came (`proxy::verbatim`), read back into a map.
+pub(super) use self::{maps::field_name, parse::trim};
 use super::body::ClientBody;
 use super::client_timeouts::Activity;
 use super::listener::{self, Worker};

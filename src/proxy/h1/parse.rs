@@ -329,7 +329,7 @@ pub(super) fn line_end(head: &[u8], value_end: usize) -> usize {
     head[value_end..].iter().position(|&b| b == b'\n').map_or(head.len(), |at| value_end + at + 1)
 }
 
-pub(super) fn trim(mut s: &[u8]) -> &[u8] {
+pub(in crate::proxy) fn trim(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
     }
