@@ -85,7 +85,7 @@ impl Pool {
     /// machine), and meanwhile every request sent there would need a retry
     /// from the budget.
     pub fn pick(&self, exclude: Option<u64>, random: impl FnMut(usize) -> usize) -> Option<&Arc<Backend>> {
-        let after = self.eject.after.max(1);
+        let after = self.eject.after;
         let others = self.healthy.iter().map(|&i| &self.backends[i]).filter(move |b| Some(b.id) != exclude);
         let working = others.clone().filter(move |b| b.failures.load(Ordering::Relaxed) < after);
         match working.clone().count() {
@@ -157,6 +157,9 @@ pub struct Snapshot {
     pub routes: Vec<RouteData>,
     /// `Via` value appended by this proxy.
     pub via: &'static str,
+    /// `sticky.header` names a field HTTP/1.1 heads keep as it came
+    /// (`proxy::verbatim`): the decision needs such a head's fields in its map.
+    pub sticky_header_verbatim: bool,
 }
 
 /// The live part of a route: what the admin API and rollouts change.
@@ -265,7 +268,20 @@ impl Snapshot {
                 }
             })
             .collect();
-        Snapshot { generation: inputs.generation, config: config.clone(), rules, pools, routes, via: "cutover" }
+        let sticky_header_verbatim = rules
+            .sticky
+            .header
+            .as_ref()
+            .is_some_and(|name| crate::proxy::verbatim::request_name(name.as_str().as_bytes()));
+        Snapshot {
+            generation: inputs.generation,
+            config: config.clone(),
+            rules,
+            pools,
+            routes,
+            via: "cutover",
+            sticky_header_verbatim,
+        }
     }
 
     /// A snapshot straight from a config: config weights, every backend up.

@@ -295,6 +295,26 @@ async fn user_header_keys_api_clients() {
     assert_eq!(header_total, 600.0);
 }
 
+/// A user header on a field HTTP/1.1 heads keep as it came (`Authorization`
+/// is forwarded as whole lines, not through the header map): the key is
+/// found all the same, and the field still reaches the backend once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_header_on_a_field_kept_as_it_came_keys_clients_too() {
+    let (stable, canary) = (Backend::named("stable").await, Backend::named("canary").await);
+    let proxy = Proxy::start(&two_pool_config(stable.addr, canary.addr, 50.0, "[sticky]\nheader = \"Authorization\""));
+    let mut client = Client::connect(proxy.addr()).await;
+    for i in 0..40 {
+        let user = format!("user-{i}");
+        let got = client.get("/", &[("authorization", &user), ("user-agent", "test/1")]).await;
+        assert!(got.set_cookie("cutover_id").is_none(), "header-keyed clients get no cookie");
+        let expect = if bucket("web", user.as_bytes()) < 5000 { "canary" } else { "stable" };
+        assert_eq!(got.first_line(), expect, "{user}");
+        let seen = if expect == "canary" { canary.last_seen() } else { stable.last_seen() };
+        let values: Vec<_> = seen.headers.get_all("authorization").iter().collect();
+        assert_eq!(values, [user.as_str()], "forwarded once, as sent");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_ip_mode_gives_a_stable_key_per_address() {
     let (stable, canary) = (Backend::named("stable").await, Backend::named("canary").await);

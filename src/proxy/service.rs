@@ -28,7 +28,7 @@ use super::headers::{self, Forwarded};
 use super::listener::{ClientUpgrade, Worker};
 use super::queue::{self, InFlight, Refused};
 use super::upstream::{self, UpstreamError};
-use super::verbatim::{self, Verbatim};
+use super::verbatim::Verbatim;
 use crate::access_log::Record;
 use crate::metrics::{UpstreamErrorKind, VersionMetrics};
 use crate::routing::beta::BetaChoice;
@@ -116,10 +116,7 @@ fn decide(
     start: Instant,
 ) -> Result<Decision, Response<ResponseBody>> {
     // Phase 1: the head.
-    if let Some(name) = &snap.rules.sticky.header
-        && !verbatim.is_empty()
-        && verbatim::request_name(name.as_str().as_bytes())
-    {
+    if snap.sticky_header_verbatim && !verbatim.is_empty() {
         // The user's key is in a field kept as it came: the decision needs the map.
         verbatim.into_map(req.headers_mut());
     }
