@@ -50,8 +50,10 @@ impl Control {
     /// route, is read and applied as from the watch); a route it removed
     /// is let go, its record left to the replicas that still have it.
     pub(super) fn tell_store_routes(&mut self, old: &crate::config::Config) {
+        // Sets of names: a config may hold a thousand routes.
         let names = |from: &crate::config::Config, not_in: &crate::config::Config| -> Vec<String> {
-            from.routes.iter().filter(|r| not_in.route(&r.name).is_none()).map(|r| r.name.clone()).collect()
+            let not_in: std::collections::HashSet<&str> = not_in.routes.iter().map(|r| r.name.as_str()).collect();
+            from.routes.iter().filter(|r| !not_in.contains(r.name.as_str())).map(|r| r.name.clone()).collect()
         };
         let (added, removed) = (names(&self.config, old), names(old, &self.config));
         self.store.reloaded(&added, &removed);

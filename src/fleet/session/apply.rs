@@ -190,9 +190,8 @@ impl Session {
     pub(super) async fn read_routes(&mut self, routes: &[String]) -> Result<(), EtcdError> {
         let prefix = format!("{}/", self.fleet.prefix);
         let (_, kvs) = self.client.range(&prefix, true).await?;
-        let ours = |key: &str| {
-            key.strip_prefix(&prefix).and_then(route_of).is_some_and(|route| routes.iter().any(|r| r == route))
-        };
+        let routes: HashSet<&str> = routes.iter().map(String::as_str).collect();
+        let ours = |key: &str| key.strip_prefix(&prefix).and_then(route_of).is_some_and(|route| routes.contains(route));
         let events =
             kvs.into_iter().flatten().filter(|kv| ours(&kv.key)).map(|kv| Ok(Event { deleted: false, kv })).collect();
         self.apply_events(events);
