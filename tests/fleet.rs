@@ -879,11 +879,12 @@ fn etcd_addr(etcd: &Etcd) -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_that_keeps_breaking_is_resumed_ever_more_slowly() {
     let etcd = Etcd::start();
-    let watches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = watches.clone();
+    // When each watch was opened.
+    let opened = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let record = opened.clone();
     let breaker = stand_in(etcd_addr(&etcd), move |call| match call.starts_with(b"POST /v3/watch ") {
         true => {
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            record.lock().unwrap().push(Instant::now());
             Cut::EndWatch(None)
         }
         false => Cut::Pass,
@@ -893,14 +894,16 @@ async fn a_watch_that_keeps_breaking_is_resumed_ever_more_slowly() {
     let canary = Backend::named("canary").await;
     let section = common::etcd::fleet_section(&[format!("http://{breaker}")], &prefix(), "proxy-0", "2s");
     let proxy = Proxy::start(&two_pool_config(stable.addr, canary.addr, 0.0, &section));
-    let opened = until(WAIT, || async { watches.load(std::sync::atomic::Ordering::SeqCst) >= 1 }).await;
-    assert!(opened, "no watch was opened");
-    let first = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let count = watches.load(std::sync::atomic::Ordering::SeqCst);
-    // Pauses 0, 0, 50, 100, 200, 400, 800, 1600 ms: 8 watches in the first
-    // 3.15 s; a busy loop opens thousands.
-    assert!((5..=12).contains(&count), "{count} watches in {:?}", first.elapsed());
+    let seven = until(WAIT, || async { opened.lock().unwrap().len() >= 7 }).await;
+    assert!(seven, "{} watches opened", opened.lock().unwrap().len());
+    // Pauses before the 2nd to the 7th watch: 0, 50, 100, 200, 400, 800
+    // ms. A machine that is slow only lengthens the gaps; a busy loop
+    // would open the seven within milliseconds.
+    let times = opened.lock().unwrap().clone();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).take(6).collect();
+    for (gap, least) in gaps.iter().zip([0, 50, 100, 200, 400, 800]) {
+        assert!(*gap >= Duration::from_millis(least), "gaps between watches {gaps:?}");
+    }
     let (status, body) = proxy.admin_call(Method::GET, "/v1/fleet", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["connected"], json!(true), "{body}");

@@ -65,6 +65,8 @@ struct Head {
     fields: Vec<(String, String)>,
     /// Which request this is on its connection, from 0.
     nth: usize,
+    /// The head's lines as they arrived (CRLFs included).
+    raw: String,
 }
 
 impl Head {
@@ -73,7 +75,7 @@ impl Head {
         let mut words = lines.next().unwrap_or_default().split(' ');
         let method = words.next().unwrap_or_default().to_string();
         let path = words.next().unwrap_or_default().to_string();
-        Head { method, path, fields: fields(lines), nth }
+        Head { method, path, fields: fields(lines), nth, raw: text.to_string() }
     }
 
     fn field(&self, name: &str) -> Option<&str> {
@@ -293,6 +295,8 @@ struct Resp {
     status: u16,
     fields: Vec<(String, String)>,
     body: Vec<u8>,
+    /// The head's lines as they arrived (CRLFs included).
+    raw: String,
 }
 
 impl Resp {
@@ -305,7 +309,7 @@ impl Resp {
         let Some(status) = status.filter(|_| version.starts_with("HTTP/1.")) else {
             panic!("bad status line from the proxy: {status_line:?}");
         };
-        Resp { version, status, fields: fields(lines), body: Vec::new() }
+        Resp { version, status, fields: fields(lines), body: Vec::new(), raw: text.to_string() }
     }
 
     fn field(&self, name: &str) -> Option<&str> {
@@ -1125,6 +1129,14 @@ async fn fields_the_proxy_does_not_read_pass_as_they_were_sent() {
     assert_eq!(values(&got.fields, "date"), ["Sun, 06 Nov 1994 08:49:37 GMT"], "{:?}", got.fields);
     assert_eq!(values(&got.fields, "vary"), ["Accept", "Cookie"]);
     assert_eq!(values(&got.fields, "content-type"), ["text/plain"]);
+    // Byte for byte: name case and spacing as the backend wrote them.
+    for line in ["\r\nServer: app/1.0\r\n", "\r\nvary:  Cookie \r\n", "\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"] {
+        assert!(got.raw.contains(line), "{line:?} not as sent in {:?}", got.raw);
+    }
+    let raw = backend.received()[0].head.raw.clone();
+    for line in ["\r\nUser-Agent: test/1 (x)\r\n", "\r\nAccept-Language:\ten \r\n"] {
+        assert!(raw.contains(line), "{line:?} not as sent in {raw:?}");
+    }
     let seen = backend.received()[0].head.fields.clone();
     assert_eq!(values(&seen, "user-agent"), ["test/1 (x)"]);
     assert_eq!(values(&seen, "accept"), ["text/html", "*/*;q=0.1"]);
