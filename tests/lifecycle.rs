@@ -160,6 +160,70 @@ async fn sigterm_finishes_the_request_in_flight_refuses_new_connections_and_exit
     assert_eq!(slow.hits(), 1, "no other request reached the backend");
 }
 
+/// The value of `cutover_open_connections` for the proxy listener.
+async fn open_connections(metrics: SocketAddr) -> Option<f64> {
+    let page = get(metrics, "/metrics", &[]).await.body;
+    page.lines().find_map(|l| l.strip_prefix("cutover_open_connections{listener=\"http\"} ")?.trim().parse().ok())
+}
+
+/// A client whose connection was accepted before a drain, but whose first
+/// request comes later than the 1 s given to idle kept-alive connections,
+/// is still answered (HTTP/1.1 and HTTP/2 by prior knowledge): it had sent
+/// no request, so it could not know to retry on a close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_before_a_drain_keeps_client_header_for_its_first_request() {
+    let app = Backend::named("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = two_pool_config(
+        app.addr,
+        app.addr,
+        0.0,
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nclient_header = \"5s\"\n",
+    )
+    .replace("{dir}", &dir.path().display().to_string());
+    let config = dir.path().join("cutover.toml");
+    std::fs::write(&config, text).unwrap();
+    let (listening, binary) = ready(Binary::start(&["run", "-c", config.to_str().unwrap()], dir.path())).await;
+    let (addr, metrics) = (addr_of(&listening, "http"), addr_of(&listening, "metrics"));
+
+    let mut h1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let h2 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_connections(metrics).await != Some(2.0) {
+        assert!(Instant::now() < deadline, "cutover did not accept both connections");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    binary.signal("TERM");
+    assert!(log_contains(&binary, "draining", Duration::from_secs(5)).await, "{}", binary.log_text());
+    // The clients' delay: longer than the grace of an idle kept-alive
+    // connection, well inside client_header.
+    tokio::time::sleep(IDLE_GRACE + Duration::from_millis(600)).await;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    h1.write_all(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), h1.read_to_end(&mut answer)).await.expect("answered").unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n") && answer.ends_with("app\n"), "{answer}");
+
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(h2)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://example.com/").body(empty()).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.expect("answered");
+    let resp = resp.expect("the HTTP/2 request is answered, not refused");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"app\n");
+
+    let (code, binary) = exit_code(binary, Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0), "{}", binary.log_text());
+    assert_eq!(app.hits(), 2);
+}
+
+/// What a draining cutover gives an idle kept-alive connection (README).
+const IDLE_GRACE: Duration = Duration::from_secs(1);
+
 /// Runs `clients` load clients against `addr` until `stop` is set (at most
 /// `max_each` requests each); returns (ok, failures as text).
 fn load(addr: SocketAddr, clients: usize, max_each: usize, stop: Arc<AtomicBool>, done: Arc<AtomicUsize>) -> LoadTasks {

@@ -236,6 +236,43 @@ async fn h2_over_tls_by_alpn_reaches_an_http11_backend() {
     assert_eq!(stable.hits(), 2, "two streams on one connection, two backend requests");
 }
 
+/// An HTTP/2 connection (ALPN) accepted before a drain, whose first request
+/// comes later than the 1 s an idle connection gets, is still answered
+/// within client_header instead of getting a GOAWAY that refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_accepted_before_a_drain_keeps_client_header_for_its_first_request() {
+    let app = Backend::named("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), "site", &self_signed(&["example.com"]));
+    let extra = format!("{}\n[timeouts]\nclient_header = \"5s\"\n", tls_section(&["site"]));
+    let proxy = Proxy::start_in(dir, &two_pool_config(app.addr, app.addr, 0.0, &extra));
+    let addr = tls_addr(&proxy);
+    let tls = tls_connect(addr, "example.com", &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+
+    let Proxy { mut running, dir, .. } = proxy;
+    let stopped = std::thread::spawn(move || {
+        running.stop(Duration::from_secs(10));
+        drop(dir);
+    });
+    // The drain has begun once the listener refuses connections.
+    let deadline = std::time::Instant::now() + LIMIT;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the draining proxy still accepts connections");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Longer than an idle connection's grace, well inside client_header.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+
+    let mut h2 = h2_handshake(tls).await;
+    let req = Request::get("https://example.com/").body(empty()).unwrap();
+    let resp = tokio::time::timeout(LIMIT, h2.send_request(req)).await.expect("answered in time");
+    let got = collect(resp.expect("the first request is answered, not refused by a GOAWAY")).await;
+    assert_eq!((got.status, got.first_line()), (StatusCode::OK, "app"));
+    tokio::task::spawn_blocking(move || stopped.join().unwrap()).await.unwrap();
+    assert_eq!(app.hits(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http11_over_tls_by_alpn_reaches_the_backend() {
     let (stable, canary) = (Backend::named("stable").await, Backend::named("canary").await);

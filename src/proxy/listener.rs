@@ -350,6 +350,7 @@ where
 {
     let activity = Arc::new(Activity::default());
     let limits = Limits::from(&worker.snapshot().config.timeouts);
+    let opened = tokio::time::Instant::now();
     let info = Rc::new(ConnInfo::new(peer, tls, activity.clone()));
     let first_request = Rc::new(FirstRequest::default());
     let svc = {
@@ -372,8 +373,8 @@ where
             return;
         }
         _ = worker.stop.cancelled() => {
-            // A connection accepted just before the drain gets a moment for
-            // its first request, which is answered before the GOAWAY.
+            // A connection accepted before the drain gets its first request's
+            // time (see `drain_wait`), and that request is answered before the GOAWAY.
             tokio::select! {
                 result = conn.as_mut() => {
                     activity.stop();
@@ -382,7 +383,7 @@ where
                     }
                     return;
                 }
-                _ = first_request.wait(DRAIN_GRACE) => {}
+                _ = first_request.wait(drain_wait(Some(opened + limits.header))) => {}
             }
             false
         }
@@ -403,6 +404,18 @@ where
 /// connection kept alive between two requests.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
+/// Until when a draining worker waits for a connection's next request.
+/// A connection kept alive between two requests gets `DRAIN_GRACE`: its
+/// client knows that an idle connection may close as it sends (RFC 9112,
+/// section 9.3.1). One with no request yet (`first_due`: its accept plus
+/// `client_header`) was accepted before the drain, and its client cannot
+/// know to retry: it keeps that whole window, at least the grace. Both are
+/// bounded by `drain_timeout`.
+pub fn drain_wait(first_due: Option<tokio::time::Instant>) -> tokio::time::Instant {
+    let grace = tokio::time::Instant::now() + DRAIN_GRACE;
+    first_due.map_or(grace, |due| due.max(grace))
+}
+
 /// Whether a connection's first request has arrived.
 #[derive(Default)]
 struct FirstRequest {
@@ -417,10 +430,10 @@ impl FirstRequest {
         }
     }
 
-    /// Returns once the first request has arrived, or after `grace`.
-    async fn wait(&self, grace: Duration) {
+    /// Returns once the first request has arrived, or at `until`.
+    async fn wait(&self, until: tokio::time::Instant) {
         if !self.seen.get() {
-            let _ = tokio::time::timeout(grace, self.notify.notified()).await;
+            let _ = tokio::time::timeout_at(until, self.notify.notified()).await;
         }
     }
 }

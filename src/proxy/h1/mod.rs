@@ -309,8 +309,9 @@ impl Conn {
 
     /// Waits for the first bytes of the next request, as long as `idle`
     /// allows. The connection's timer is only reset when it fires early, not
-    /// once per request.
-    async fn first_bytes(&self, idle: Duration, timers: &mut Timers) -> bool {
+    /// once per request. `first_due` is set for a connection's first request:
+    /// when its head is due (see `listener::drain_wait`).
+    async fn first_bytes(&self, idle: Duration, timers: &mut Timers, first_due: Option<Instant>) -> bool {
         let until = Instant::now() + idle;
         let wait = async {
             // A plain TCP connection waits without a buffer.
@@ -334,11 +335,12 @@ impl Conn {
                 }
                 _ = timers.stop.as_mut() => {
                     // On a drain, an idle connection (new, or kept alive)
-                    // gets a moment for its next request, which is answered
+                    // gets time for its next request, which is answered
                     // with `Connection: close`: a client that sent it as the
                     // drain began is not cut off. Only a connection idle for
-                    // the whole grace is closed unasked.
-                    return tokio::time::timeout(listener::DRAIN_GRACE, &mut wait).await.unwrap_or(false);
+                    // the whole wait is closed unasked.
+                    let until = listener::drain_wait(first_due);
+                    return tokio::time::timeout_at(until, &mut wait).await.unwrap_or(false);
                 }
             }
         }
@@ -512,6 +514,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
         (t.client_idle, t.client_header, t.client_send)
     };
     let info = Rc::new(ConnInfo::new(peer, tls, Arc::new(Activity::default())));
+    let first_due = Instant::now() + header;
     let conn = Rc::new(Conn::new(stream));
     conn.send_timeout.set(send);
     let mut served = 0u64;
@@ -520,7 +523,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
     let linger = 'conn: loop {
         if conn.buf.borrow().is_empty() {
             conn.release_buffer();
-            if !conn.first_bytes(idle, &mut timers).await {
+            if !conn.first_bytes(idle, &mut timers, (served == 0).then_some(first_due)).await {
                 break false;
             }
         }
