@@ -117,6 +117,87 @@ async fn slow_backend_is_504_within_the_response_timeout() {
     assert_eq!(backend.hits(), 1, "a timed-out request is not retried");
 }
 
+/// A backend that answers `GET /N` after N milliseconds, on as many
+/// requests per connection as it gets; counts the connections it accepted.
+async fn delaying_backend() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let path = head.split_whitespace().nth(1).unwrap_or("/0");
+                    let ms: u64 = path.trim_start_matches('/').parse().unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    if stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Requests that follow one another on one backend connection each get the
+/// whole response timeout, counted from their own end: the connection's
+/// timer, armed by an earlier request, neither cuts a later one short nor
+/// lets it wait longer; a reload that shortens the timeout applies to the
+/// next request on a connection armed with the longer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_reused_backend_connection_gets_its_own_response_timeout() {
+    let (backend, accepted) = delaying_backend().await;
+    let admin = "[admin]\nlisten = \"unix:{dir}/admin.sock\"\n";
+    let config = |response: &str| single_pool_config(backend, &format!("{admin}[timeouts]\nresponse = \"{response}\""));
+    let proxy = Proxy::start(&config("600ms"));
+    let mut client = Client::connect(proxy.addr()).await;
+    assert_eq!(client.get("/0", &[]).await.status, StatusCode::OK);
+    // The first request's deadline passes while the second waits.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let got = client.get("/450", &[]).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert_times_out(&mut client, Duration::from_millis(600)).await;
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "all three on one backend connection");
+
+    // A connection armed with a 10 s timeout, then a reload to 300 ms.
+    let reload = |text: String| {
+        std::fs::write(&proxy.config_path, text.replace("{dir}", &proxy.dir.path().display().to_string())).unwrap();
+        async {
+            let (status, body) = proxy.admin_call(http::Method::POST, "/v1/reload", None).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    reload(config("10s")).await;
+    assert_eq!(client.get("/0", &[]).await.status, StatusCode::OK);
+    reload(config("300ms")).await;
+    assert_times_out(&mut client, Duration::from_millis(300)).await;
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "the timed-out connection was not used again");
+}
+
+/// A request the delaying backend answers in 3 s gets a 504 after `limit`
+/// (not before, and well before the backend's answer).
+async fn assert_times_out(client: &mut Client, limit: Duration) {
+    let started = Instant::now();
+    let got = client.get("/3000", &[]).await;
+    let elapsed = started.elapsed();
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{}", got.body);
+    assert!(elapsed >= limit && elapsed < Duration::from_millis(2500), "{elapsed:?}");
+}
+
 async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();

@@ -57,6 +57,9 @@ pub struct Connection {
     /// The backend reset the connection (a read failed with a reset, or the
     /// socket holds one after the end of the stream).
     peer_reset: bool,
+    /// The response timeout's timer, kept for the connection's life (see
+    /// [`Connection::head_by`]).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Why a request got no response head.
@@ -117,7 +120,7 @@ pub(super) struct Head {
 
 impl Connection {
     pub fn new(io: UpstreamIo) -> Connection {
-        Connection { io, buf: BytesMut::new(), reused: false, peer_reset: false }
+        Connection { io, buf: BytesMut::new(), reused: false, peer_reset: false, timer: None }
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` is the end of the stream.
@@ -221,9 +224,10 @@ impl Connection {
         let (parts, mut body) = request.into_parts();
         let exchange = async {
             let complete = self.send_body(&mut body, sending, &mut out.0, response).await?;
-            let head = match tokio::time::timeout(response, self.read_head(head_request)).await {
-                Ok(head) => head.map_err(Failure::upstream)?,
-                Err(_) => return Err(Failure::upstream(timeout(response))),
+            let deadline = tokio::time::Instant::now() + response;
+            let head = match self.head_by(head_request, deadline).await {
+                Some(head) => head.map_err(Failure::upstream)?,
+                None => return Err(Failure::upstream(timeout(response))),
             };
             Ok((complete, head))
         };
@@ -388,6 +392,45 @@ impl Connection {
     }
 
     /// Reads until a final response head is complete.
+    /// [`Connection::read_head`] until `deadline`; `None`: not in time.
+    ///
+    /// The connection keeps one timer for all its requests: armed at the
+    /// first wait, and moved on only when it fires before the deadline of
+    /// the request then waiting (once per response timeout at most, since
+    /// later requests have later deadlines). A request therefore costs no
+    /// timer registration of its own; a timer firing between requests wakes
+    /// a task that finds nothing to do.
+    async fn head_by(
+        &mut self,
+        head_request: bool,
+        deadline: tokio::time::Instant,
+    ) -> Option<Result<Head, UpstreamError>> {
+        let mut timer = self.timer.take();
+        let head = {
+            let mut read = std::pin::pin!(self.read_head(head_request));
+            poll_fn(|cx| {
+                if let Poll::Ready(head) = read.as_mut().poll(cx) {
+                    return Poll::Ready(Some(head));
+                }
+                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() > deadline {
+                    // An earlier deadline than any before (a reload shortened the timeout).
+                    timer.as_mut().reset(deadline);
+                }
+                while timer.as_mut().poll(cx).is_ready() {
+                    if timer.deadline() >= deadline {
+                        return Poll::Ready(None);
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        self.timer = timer;
+        head
+    }
+
     async fn read_head(&mut self, head_request: bool) -> Result<Head, UpstreamError> {
         // Bytes already parsed without finding a complete head: a head ends
         // with a line feed, so it is parsed again only when a line ends (or
