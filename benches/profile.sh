@@ -11,11 +11,15 @@
 # Usage: benches/profile.sh [requests]   (default 20000)
 # Settings: CUTOVER=target/release/cutover BASE_PORT=18000 TOP=40
 #   LOG=off|file|stdout   the access log (default off; stdout goes to a file)
+#   PROTO=h1|h2           HTTP/1.1 in the clear (default), or HTTP/2 over TLS
+#                         (ALPN) with 10 streams per connection, as compare.sh's
+#                         h2 section
 set -euo pipefail
 
 REQUESTS=${1:-20000}
 TOP=${TOP:-40}
 LOG=${LOG:-off}
+PROTO=${PROTO:-h1}
 BASE_PORT=${BASE_PORT:-18000}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -60,22 +64,34 @@ CUTOVER_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind
 VG=$!
 PIDS+=("$VG")
 wait_port $((BASE_PORT + 80))
+case $PROTO in
+    h1) CLIENT=(--h1 -c16) URL=http://127.0.0.1:$((BASE_PORT + 80))/products/42 ;;
+    h2) CLIENT=(-c16 -m10) URL=https://127.0.0.1:$((BASE_PORT + 443))/products/42 ;;
+    *) echo "PROTO: h1 or h2" >&2; exit 1 ;;
+esac
 load() {
-    h2load --h1 -t1 -c16 -n "$1" -H "cookie: theme=dark; cutover_id=user-42; consent=yes" \
+    h2load "${CLIENT[@]}" -t1 -n "$1" -H "cookie: theme=dark; cutover_id=user-42; consent=yes" \
         -H "user-agent: Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0" \
         -H "accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8" \
-        "http://127.0.0.1:$((BASE_PORT + 80))/products/42"
+        "$URL"
 }
 load 2000 >/dev/null
+# A command reaches a process blocked in a system call only when it wakes
+# (its workers' one-second timer): wait for that before and after the load.
 callgrind_control -z "$VG" >/dev/null
+sleep 2
 load "$REQUESTS" | grep -E '^(requests|status codes):'
 callgrind_control -d "$VG" >/dev/null
-sleep 1
+sleep 2
 kill "$VG"
 wait "$VG" 2>/dev/null || true
 # The dump after zeroing is the part file with the highest number.
 OUT=$(ls -1 "$WORK"/callgrind.out.* 2>/dev/null | sort -t. -k3 -n | tail -1)
 TOTAL=$(callgrind_annotate "$OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
 echo "instructions per request: $((TOTAL / REQUESTS)) ($TOTAL over $REQUESTS requests)"
+if ((TOTAL / REQUESTS < 1000)); then
+    echo "the dump missed the load (a command handled late): run again" >&2
+    exit 1
+fi
 callgrind_annotate --inclusive=yes "$OUT" 2>/dev/null | sed -n '/Ir/,$p' | head -$((TOP + 3)) | cut -c1-200
 echo "callgrind output: $OUT"

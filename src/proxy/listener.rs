@@ -26,6 +26,7 @@ use super::client_timeouts::{Activity, ClientIo, Limits};
 use super::h1;
 use super::retry::RetryBudget;
 use super::service::{self, ConnInfo};
+use super::slot::Slot;
 use super::stream::{MaybeTls, Rewind, Watched};
 use super::upstream::{Connections, UpstreamIo};
 use crate::metrics::Metrics;
@@ -358,7 +359,9 @@ where
         let first_request = first_request.clone();
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
             first_request.seen();
-            service::handle(worker.clone(), info.clone(), req.map(ClientBody::Hyper))
+            // In a room of the thread's: the task hyper spawns for the
+            // stream holds a pointer, not the few KiB of the future.
+            Slot::new(service::handle(worker.clone(), info.clone(), req.map(ClientBody::Hyper)))
         })
     };
     let io = ClientIo::new(io, activity.clone(), limits);

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod queue;
 pub mod retry;
 pub mod service;
+mod slot;
 pub mod stream;
 pub mod tls;
 pub mod upstream;

@@ -20,7 +20,6 @@ mod decode;
 pub mod fuzz;
 mod maps;
 mod parse;
-mod slot;
 mod write;
 
 use std::cell::{Cell, RefCell};
@@ -42,7 +41,6 @@ use tokio::time::Instant;
 
 use self::decode::{Decoder, Malformed, Step};
 use self::parse::Head;
-use self::slot::Slot;
 use self::write::{Meta, Written};
 /// For fields kept as they came (`proxy::verbatim`), read back into a map.
 pub(super) use self::{maps::field_name, parse::trim};
@@ -50,6 +48,7 @@ use super::body::ClientBody;
 use super::client_timeouts::Activity;
 use super::listener::{self, Worker};
 use super::service::{self, ConnInfo};
+use super::slot::Slot;
 use super::stream::{MaybeTls, Rewind, Stream};
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

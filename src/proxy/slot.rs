@@ -1,11 +1,14 @@
 //! Room for a request's future, kept per worker thread.
 //!
-//! A connection holds the future that serves its request (a few KiB) on the
-//! heap, so that an idle connection does not carry that space. An
+//! The future that serves a request (a few KiB) lives on the heap: an
+//! HTTP/1.1 connection holds it so that an idle connection does not carry
+//! that space, and an HTTP/2 stream's task holds only the pointer, so that
+//! the task hyper spawns per stream is small to move and to allocate. An
 //! allocation that large misses the allocator's per-thread cache: taking
 //! and freeing one per request cost some 650 instructions. The room is
-//! instead kept here once a request is done and serves the next request on
-//! this thread, the future dropped in place (what `Pin::set` is for).
+//! instead kept here once a request is done and serves the next request of
+//! its kind on this thread, the future dropped in place (what `Pin::set`
+//! is for).
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -22,15 +25,20 @@ thread_local! {
 
 /// A future in a room of its own; the room goes back to the thread's
 /// pool when this is dropped (the future, finished or not, dropped first).
-pub(super) struct Slot<F: Future + 'static>(Option<Room<F>>);
+pub(crate) struct Slot<F: Future + 'static>(Option<Room<F>>);
 
 /// A room as the pool holds it: boxed once more, so that it goes back to
 /// the pool as a `Box<dyn Any>` without another allocation.
 type Room<F> = Box<Pin<Box<Option<F>>>>;
 
 impl<F: Future + 'static> Slot<F> {
-    pub(super) fn new(future: F) -> Slot<F> {
-        let kept = ROOMS.with_borrow_mut(Vec::pop).and_then(|room| room.downcast::<Pin<Box<Option<F>>>>().ok());
+    pub(crate) fn new(future: F) -> Slot<F> {
+        // The last room given back is usually of this kind (a thread serves
+        // HTTP/1.1 and HTTP/2 requests alike: rooms of both kinds are kept).
+        let kept = ROOMS.with_borrow_mut(|rooms| {
+            let at = rooms.iter().rposition(|room| room.is::<Pin<Box<Option<F>>>>())?;
+            rooms.swap_remove(at).downcast::<Pin<Box<Option<F>>>>().ok()
+        });
         match kept {
             Some(mut room) => {
                 room.set(Some(future));
@@ -74,6 +82,10 @@ mod tests {
         Rc::strong_count(&held)
     }
 
+    async fn answer() -> [u8; 512] {
+        [7; 512]
+    }
+
     fn room<F: Future + 'static>(slot: &Slot<F>) -> *const Option<F> {
         &***slot.0.as_ref().unwrap()
     }
@@ -96,6 +108,23 @@ mod tests {
         drop((second, third));
         assert_eq!(Rc::strong_count(&held), 1);
         assert_eq!(ROOMS.with_borrow(Vec::len), 2);
+    }
+
+    #[test]
+    fn rooms_of_two_kinds_are_kept_and_each_serves_its_kind() {
+        ROOMS.with_borrow_mut(Vec::clear);
+        let held = Rc::new(());
+        let small = Slot::new(holding(held.clone()));
+        let large = Slot::new(answer());
+        let (small_room, large_room) = (room(&small), room(&large).cast::<()>());
+        drop((small, large));
+        assert_eq!(ROOMS.with_borrow(Vec::len), 2);
+        // The room given back last is of the other kind: the first is found.
+        let small = Slot::new(holding(held.clone()));
+        assert_eq!(room(&small), small_room);
+        let large = Slot::new(answer());
+        assert_eq!(room(&large).cast::<()>(), large_room);
+        assert_eq!(ROOMS.with_borrow(Vec::len), 0);
     }
 
     #[test]
