@@ -500,6 +500,10 @@ async fn forward(
         route: &route.header,
     };
 
+    // An HTTP/2 client's response goes out through a map: the backend's
+    // fields go there at once, none kept as they came.
+    let lines = client_version != HttpVersion::HTTP_2;
+
     // Phase 4: send, retrying once when safe.
     let pool = &snap.pools[d.pool];
     let second = worker.second();
@@ -530,7 +534,7 @@ async fn forward(
             None => upstream::connect(&backend, timeouts.connect).await,
         };
         let sent = match conn {
-            Ok(conn) => attempted(conn.send(request, &verbatim, &forwarded, timeouts.response).await, reused),
+            Ok(conn) => attempted(conn.send(request, &verbatim, &forwarded, timeouts.response, lines).await, reused),
             Err(error) => Err(SendError::Upstream(Box::new(SendFailure {
                 error,
                 request: Some(request),

@@ -118,6 +118,17 @@ pub(super) struct Head {
     pub(super) verbatim: Verbatim,
 }
 
+/// What a response head is read for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Asked {
+    /// The request was HEAD: the response has no body.
+    pub(super) head: bool,
+    /// Fields may be kept as they came ([`Verbatim`]). Not for a client
+    /// over HTTP/2: its response goes out through a map, and building the
+    /// map at once costs less than keeping lines and reading them back.
+    pub(super) lines: bool,
+}
+
 impl Connection {
     pub fn new(io: UpstreamIo) -> Connection {
         Connection { io, buf: BytesMut::new(), reused: false, peer_reset: false, timer: None }
@@ -209,8 +220,9 @@ impl Connection {
         verbatim: &Verbatim,
         forwarded: &Forwarded<'_>,
         response: std::time::Duration,
+        lines: bool,
     ) -> Result<Response<UpstreamBody>, Failure> {
-        let head_request = request.method() == Method::HEAD;
+        let asked = Asked { head: request.method() == Method::HEAD, lines };
         let mut out = Out::take();
         let sending = encode_head(&mut out.0, &request, verbatim, forwarded);
         // A head that could not be written at all leaves the request intact.
@@ -225,7 +237,7 @@ impl Connection {
         let exchange = async {
             let complete = self.send_body(&mut body, sending, &mut out.0, response).await?;
             let deadline = tokio::time::Instant::now() + response;
-            let head = match self.head_by(head_request, deadline).await {
+            let head = match self.head_by(asked, deadline).await {
                 Some(head) => head.map_err(Failure::upstream)?,
                 None => return Err(Failure::upstream(timeout(response))),
             };
@@ -400,14 +412,10 @@ impl Connection {
     /// later requests have later deadlines). A request therefore costs no
     /// timer registration of its own; a timer firing between requests wakes
     /// a task that finds nothing to do.
-    async fn head_by(
-        &mut self,
-        head_request: bool,
-        deadline: tokio::time::Instant,
-    ) -> Option<Result<Head, UpstreamError>> {
+    async fn head_by(&mut self, asked: Asked, deadline: tokio::time::Instant) -> Option<Result<Head, UpstreamError>> {
         let mut timer = self.timer.take();
         let head = {
-            let mut read = std::pin::pin!(self.read_head(head_request));
+            let mut read = std::pin::pin!(self.read_head(asked));
             poll_fn(|cx| {
                 if let Poll::Ready(head) = read.as_mut().poll(cx) {
                     return Poll::Ready(Some(head));
@@ -431,14 +439,14 @@ impl Connection {
         head
     }
 
-    async fn read_head(&mut self, head_request: bool) -> Result<Head, UpstreamError> {
+    async fn read_head(&mut self, asked: Asked) -> Result<Head, UpstreamError> {
         // Bytes already parsed without finding a complete head: a head ends
         // with a line feed, so it is parsed again only when a line ends (or
         // when it has grown past the limit, which the parse then reports).
         let mut scanned = 0;
         loop {
             if self.buf.len() > scanned && (self.buf.len() >= MAX_HEAD || self.buf[scanned..].contains(&b'\n')) {
-                match parse(&mut self.buf, head_request)? {
+                match parse(&mut self.buf, asked)? {
                     Some(head)
                         if head.response.status().is_informational()
                             && head.response.status() != StatusCode::SWITCHING_PROTOCOLS =>
@@ -511,11 +519,11 @@ pub(super) fn encode_head<B: http_body::Body>(
 
 /// Parses a response head at the start of `buf`; `Ok(None)`: not complete.
 /// A complete head is split off `buf`.
-pub(super) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, UpstreamError> {
-    SPANS.with_borrow_mut(|spans| parse_into(buf, head_request, spans))
+pub(super) fn parse(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>, UpstreamError> {
+    SPANS.with_borrow_mut(|spans| parse_into(buf, asked, spans))
 }
 
-fn parse_into(buf: &mut BytesMut, head_request: bool, spans: &mut Vec<Span>) -> Result<Option<Head>, UpstreamError> {
+fn parse_into(buf: &mut BytesMut, asked: Asked, spans: &mut Vec<Span>) -> Result<Option<Head>, UpstreamError> {
     let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut fields) {
@@ -539,16 +547,10 @@ fn parse_into(buf: &mut BytesMut, head_request: bool, spans: &mut Vec<Span>) -> 
         (name, name + f.name.len(), value, value + f.value.len())
     }));
     let head = buf.split_to(len).freeze();
-    build(&head, status, minor == 0, head_request, spans).map(Some)
+    build(&head, status, minor == 0, asked, spans).map(Some)
 }
 
-fn build(
-    head: &Bytes,
-    status: StatusCode,
-    http10: bool,
-    head_request: bool,
-    spans: &[Span],
-) -> Result<Head, UpstreamError> {
+fn build(head: &Bytes, status: StatusCode, http10: bool, asked: Asked, spans: &[Span]) -> Result<Head, UpstreamError> {
     let mut headers = super::maps::take(spans.len() + 2);
     let mut length: Option<u64> = None;
     let mut codings = 0;
@@ -557,7 +559,8 @@ fn build(
     // As for requests (h1::parse): lines kept as they came unless one could
     // not be, or `Connection` names fields.
     let mut verbatim = Verbatim::default();
-    let (mut spilled, mut named) = (false, false);
+    // `spilled`: no more lines are kept (none at all when not asked to).
+    let (mut spilled, mut named) = (!asked.lines, false);
     for &(ns, ne, vs, ve) in spans {
         if !spilled && verbatim::response_name(&head[ns..ne]) {
             if verbatim.keep(head, ns, line_end(head, ve)) {
@@ -610,7 +613,7 @@ fn build(
         verbatim.into_map(&mut headers);
     }
     let mut keep_alive = !close && (!http10 || keep_alive);
-    let no_body = head_request
+    let no_body = asked.head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -799,8 +802,10 @@ impl UpstreamBody {
 mod tests {
     use super::*;
 
+    const GET: Asked = Asked { head: false, lines: true };
+
     fn head(text: &str) -> Result<Option<Head>, UpstreamError> {
-        parse(&mut BytesMut::from(text), false)
+        parse(&mut BytesMut::from(text), GET)
     }
 
     fn framing(text: &str) -> (Framing, bool) {
@@ -837,7 +842,12 @@ mod tests {
         assert!(!framing("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").1);
         assert!(!framing("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").1);
         assert!(framing("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n").1);
-        let h = parse(&mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"), true).unwrap().unwrap();
+        let h = parse(
+            &mut BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+            Asked { head: true, lines: true },
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(h.framing, Framing::Decode(Decoder::Done), "no body after HEAD");
     }
 
@@ -863,14 +873,14 @@ mod tests {
     #[test]
     fn a_head_is_parsed_only_once_complete_and_split_off() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Len");
-        assert!(parse(&mut buf, false).unwrap().is_none());
+        assert!(parse(&mut buf, GET).unwrap().is_none());
         buf.extend_from_slice(b"gth: 2\r\n\r\nhi");
-        let h = parse(&mut buf, false).unwrap().unwrap();
+        let h = parse(&mut buf, GET).unwrap().unwrap();
         assert_eq!(h.response.headers()["content-length"], "2");
         assert_eq!(&buf[..], b"hi");
         let mut huge = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX: "[..]);
         huge.extend_from_slice(&vec![b'a'; MAX_HEAD]);
-        assert_eq!(parse(&mut huge, false).err().map(|e| e.kind), Some(UpstreamErrorKind::Protocol));
+        assert_eq!(parse(&mut huge, GET).err().map(|e| e.kind), Some(UpstreamErrorKind::Protocol));
     }
 
     #[tokio::test]
@@ -886,7 +896,7 @@ mod tests {
             let _ = backend.write_all(&vec![b'a'; 4 * MAX_HEAD]).await;
             backend
         });
-        let read = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read_head(false)).await;
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read_head(GET)).await;
         let error = read.expect("the read ends by itself").err().expect("an error");
         assert_eq!((error.kind, error.detail.as_str()), (UpstreamErrorKind::Protocol, "response head too large"));
         assert!(conn.buf.len() < MAX_HEAD + 2 * READ_SIZE, "buffered {}", conn.buf.len());

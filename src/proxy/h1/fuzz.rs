@@ -141,12 +141,13 @@ pub fn decode_chunked(input: &[u8], read: usize) -> Result<Option<Decoded>, &'st
 }
 
 /// Parses a backend's response head at the start of `bytes` (`head_request`:
-/// it answers a HEAD), with all its fields in its map (those the proxy
-/// keeps as they came after the others). `Ok(None)`: not complete; `Err`:
-/// why it is invalid.
-pub fn parse_response(bytes: &[u8], head_request: bool) -> Result<Option<Response<()>>, String> {
+/// it answers a HEAD), with all its fields in its map: `lines`, as for an
+/// HTTP/1.1 client (those the proxy keeps as they came after the others),
+/// or not, as for an HTTP/2 client. `Ok(None)`: not complete; `Err`: why it
+/// is invalid.
+pub fn parse_response(bytes: &[u8], head_request: bool, lines: bool) -> Result<Option<Response<()>>, String> {
     let mut buf = BytesMut::from(bytes);
-    match super::client::parse(&mut buf, head_request) {
+    match super::client::parse(&mut buf, super::client::Asked { head: head_request, lines }) {
         Ok(head) => Ok(head.map(|mut h| {
             h.verbatim.into_map(h.response.headers_mut());
             h.response
