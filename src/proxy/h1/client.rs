@@ -551,7 +551,10 @@ fn parse_into(buf: &mut BytesMut, asked: Asked, spans: &mut Vec<Span>) -> Result
 }
 
 fn build(head: &Bytes, status: StatusCode, http10: bool, asked: Asked, spans: &[Span]) -> Result<Head, UpstreamError> {
-    let mut headers = super::maps::take(spans.len() + 2);
+    // Room for the head's fields, no more: for an HTTP/2 client the map
+    // served the request before (hyper's, sized for its few fields), and
+    // asking more than it holds would reallocate it for every response.
+    let mut headers = super::maps::take(spans.len());
     let mut length: Option<u64> = None;
     let mut codings = 0;
     let mut chunked_last = false;
