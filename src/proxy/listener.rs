@@ -361,7 +361,7 @@ where
             first_request.seen();
             // In a room of the thread's: the task hyper spawns for the
             // stream holds a pointer, not the few KiB of the future.
-            Slot::new(service::handle(worker.clone(), info.clone(), req.map(ClientBody::Hyper)))
+            Slot::new(|| service::handle(worker.clone(), info.clone(), req.map(ClientBody::Hyper)))
         })
     };
     let io = ClientIo::new(io, activity.clone(), limits);

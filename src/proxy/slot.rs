@@ -32,7 +32,11 @@ pub(crate) struct Slot<F: Future + 'static>(Option<Room<F>>);
 type Room<F> = Box<Pin<Box<Option<F>>>>;
 
 impl<F: Future + 'static> Slot<F> {
-    pub(crate) fn new(future: F) -> Slot<F> {
+    /// The future `make` returns, in a room. Made in place: a future moved
+    /// is copied whole (its every state), while `make` inlined here writes
+    /// only its arguments into the room.
+    #[inline(always)]
+    pub(crate) fn new(make: impl FnOnce() -> F) -> Slot<F> {
         // The last room given back is usually of this kind (a thread serves
         // HTTP/1.1 and HTTP/2 requests alike: rooms of both kinds are kept).
         let kept = ROOMS.with_borrow_mut(|rooms| {
@@ -41,10 +45,10 @@ impl<F: Future + 'static> Slot<F> {
         });
         match kept {
             Some(mut room) => {
-                room.set(Some(future));
+                room.set(Some(make()));
                 Slot(Some(room))
             }
-            None => Slot(Some(Box::new(Box::pin(Some(future))))),
+            None => Slot(Some(Box::new(Box::pin(Some(make()))))),
         }
     }
 }
@@ -94,16 +98,16 @@ mod tests {
     fn a_room_serves_the_next_future_and_drops_the_last() {
         ROOMS.with_borrow_mut(Vec::clear);
         let held = Rc::new(());
-        let first = Slot::new(holding(held.clone()));
+        let first = Slot::new(|| holding(held.clone()));
         let first_room = room(&first);
         assert_eq!(Rc::strong_count(&held), 2);
         drop(first);
         assert_eq!(Rc::strong_count(&held), 1, "the unfinished future was dropped with its slot");
         assert_eq!(ROOMS.with_borrow(Vec::len), 1, "its room kept");
-        let second = Slot::new(holding(held.clone()));
+        let second = Slot::new(|| holding(held.clone()));
         assert_eq!(room(&second), first_room, "the same room");
         assert_eq!(ROOMS.with_borrow(Vec::len), 0);
-        let third = Slot::new(holding(held.clone()));
+        let third = Slot::new(|| holding(held.clone()));
         assert_ne!(room(&third), first_room, "a room of its own while the first is taken");
         drop((second, third));
         assert_eq!(Rc::strong_count(&held), 1);
@@ -114,22 +118,22 @@ mod tests {
     fn rooms_of_two_kinds_are_kept_and_each_serves_its_kind() {
         ROOMS.with_borrow_mut(Vec::clear);
         let held = Rc::new(());
-        let small = Slot::new(holding(held.clone()));
-        let large = Slot::new(answer());
+        let small = Slot::new(|| holding(held.clone()));
+        let large = Slot::new(answer);
         let (small_room, large_room) = (room(&small), room(&large).cast::<()>());
         drop((small, large));
         assert_eq!(ROOMS.with_borrow(Vec::len), 2);
         // The room given back last is of the other kind: the first is found.
-        let small = Slot::new(holding(held.clone()));
+        let small = Slot::new(|| holding(held.clone()));
         assert_eq!(room(&small), small_room);
-        let large = Slot::new(answer());
+        let large = Slot::new(answer);
         assert_eq!(room(&large).cast::<()>(), large_room);
         assert_eq!(ROOMS.with_borrow(Vec::len), 0);
     }
 
     #[test]
     fn a_finished_future_gives_its_output() {
-        let mut slot = Slot::new(async { 7 });
+        let mut slot = Slot::new(|| async { 7 });
         let waker = std::task::Waker::noop();
         let polled = Pin::new(&mut slot).poll(&mut Context::from_waker(waker));
         assert_eq!(polled, Poll::Ready(7));

@@ -597,7 +597,8 @@ pub async fn serve(stream: Stream, peer: SocketAddr, tls: bool, worker: &Rc<Work
         // On the heap (in a room kept per thread): an idle connection's task
         // then does not carry the space of a request in flight (a few KiB)
         // while it waits.
-        let mut service = Slot::new(service::handle_h1(worker.clone(), info.clone(), request.map(|()| body), verbatim));
+        let mut service =
+            Slot::new(|| service::handle_h1(worker.clone(), info.clone(), request.map(|()| body), verbatim));
         let answered = tokio::select! {
             biased;
             answered = &mut service => answered,
