@@ -51,6 +51,15 @@ fn times_are_rfc3339_utc_with_milliseconds_across_seconds() {
 }
 
 proptest! {
+    /// The word-at-a-time check says what the table says, for any bytes
+    /// (lengths around the word size, every byte value likely).
+    #[test]
+    fn plain_agrees_with_the_table(bytes in proptest::collection::vec(
+        prop_oneof![4 => 0x20u8..0x7f, 1 => any::<u8>(), 1 => Just(b'"'), 1 => Just(b'\\')], 0..40))
+    {
+        prop_assert_eq!(plain(&bytes), bytes.iter().all(|&b| PLAIN[usize::from(b)]), "{:?}", bytes);
+    }
+
     /// The date and time of day agree with humantime's RFC 3339 up to 9999.
     #[test]
     fn date_time_agrees_with_humantime(secs in 0u64..253_402_300_800) {
