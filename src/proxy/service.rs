@@ -84,13 +84,13 @@ pub async fn handle(
 pub async fn handle_h1(
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
-    req: Request<ClientBody>,
-    verbatim: Verbatim,
+    mut req: Request<ClientBody>,
+    mut verbatim: Verbatim,
 ) -> (Response<ResponseBody>, Verbatim) {
     let start = Instant::now();
     let started = activity::Started::new(&conn.activity);
     let snap = worker.snapshot();
-    let (mut req, mut verbatim, mut kept) = (req, verbatim, Verbatim::default());
+    let mut kept = Verbatim::default();
     // The head and the decision take no await: only forwarding is a future
     // of its own inside this one (each level of futures is copied whole
     // when it starts).
