@@ -542,10 +542,20 @@ async fn hostile_records_in_etcd_are_ignored_not_a_crash() {
         let (status, body) = call(fleet.at(0), Method::GET, "/v1/routes/web", None).await;
         assert_eq!(status, StatusCode::OK, "the control plane survives: {body}");
     }
-    // Still serving and steering; then a good record applies.
+    // A heartbeat under another key that names this replica: it must not
+    // pass for it (or for anyone) in the fleet's status.
+    let mut forged = fleet.fleet_status(0).await["replicas"][0].clone();
+    assert_eq!(forged["name"], json!("proxy-0"), "{forged}");
+    forged["config_hash"] = json!("forged");
+    client.put(&format!("{}/replicas/impostor", fleet.prefix), forged.to_string().as_bytes(), 0).await.unwrap();
+    // Still serving and steering; then a good record applies (and with it
+    // every record put before).
     put(state("")).await;
     fleet.wait_all("weight 25 from etcd", |r| r["weight"] == json!(25.0)).await;
     assert_eq!(get(fleet.at(0).addr(), "/", &[]).await.status, StatusCode::OK);
+    let replicas = fleet.fleet_status(0).await["replicas"].clone();
+    assert_eq!(replicas.as_array().map(Vec::len), Some(1), "{replicas}");
+    assert_ne!(replicas[0]["config_hash"], json!("forged"), "{replicas}");
     // "not json" was counted as a record that does not parse.
     let text = fleet.at(0).metrics();
     assert!(counter(&text, r#"cutover_fleet_ignored_records_total{reason="unparsable"}"#) >= 1, "{text}");

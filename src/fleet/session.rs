@@ -25,7 +25,7 @@ use crate::config::Fleet as FleetConfig;
 use crate::control::{Command, Handle};
 use crate::metrics::{FleetMetrics, Metrics, Totals};
 use crate::proxy::Shared;
-use apply::UnknownRoutes;
+use apply::Ignored;
 
 /// How often counters of running rollouts are published.
 const COUNTERS_EVERY: Duration = Duration::from_millis(200);
@@ -89,7 +89,7 @@ pub fn start(
         published: HashMap::new(),
         hash: (0, String::new()),
         lease: 0,
-        unknown: UnknownRoutes::default(),
+        ignored: Ignored::default(),
     };
     let thread = std::thread::Builder::new()
         .name("cutover-fleet".into())
@@ -127,7 +127,7 @@ struct Session {
     hash: (u64, String),
     /// The current session's lease.
     lease: i64,
-    unknown: UnknownRoutes,
+    ignored: Ignored,
 }
 
 /// Why a session ended.

@@ -25,15 +25,17 @@ fn route_of(rest: &str) -> Option<&str> {
     }
 }
 
-/// Routes named in etcd that this replica's config does not have.
+/// Records ignored: for routes this replica's config does not have, and
+/// heartbeats that cannot stand for the replica their key names. Each name
+/// is logged the first time.
 #[derive(Default)]
-pub(super) struct UnknownRoutes {
+pub(super) struct Ignored {
     logged: HashSet<String>,
     /// LIMIT names were logged: no more are (a flood of names grows no memory).
     full: bool,
 }
 
-impl UnknownRoutes {
+impl Ignored {
     const LIMIT: usize = 256;
 
     /// Whether `route` is one of `config`'s. A record for another (from a
@@ -43,31 +45,34 @@ impl UnknownRoutes {
         if config.route(route).is_some() {
             return true;
         }
-        self.log_once(route, key);
+        self.log_once(route, key, "a record for a route this config does not have");
         false
     }
 
-    /// Logs `route` the first time it is seen; whether it logged a line.
-    fn log_once(&mut self, route: &str, key: &str) -> bool {
-        if self.full || self.logged.contains(route) {
+    /// Logs `name` (a route, or a replica's key) the first time it is seen,
+    /// with `what` was ignored; whether it logged a line.
+    fn log_once(&mut self, name: &str, key: &str, what: &str) -> bool {
+        if self.full || self.logged.contains(name) {
             return false;
         }
         if self.logged.len() == Self::LIMIT {
             self.full = true;
-            tracing::warn!(
-                limit = Self::LIMIT,
-                "fleet: records for yet more routes this config lacks; no more are logged"
-            );
+            tracing::warn!(limit = Self::LIMIT, "fleet: yet more records ignored; no more are logged");
             return true;
         }
-        tracing::warn!(
-            route = ?route,
-            key = ?key,
-            "fleet: ignored a record for a route this config does not have (logged once per route)"
-        );
-        self.logged.insert(route.to_string());
+        tracing::warn!(name = ?name, key = ?key, "fleet: ignored {what} (logged once per name)");
+        self.logged.insert(name.to_string());
         true
     }
+}
+
+/// The heartbeat at `replicas/{name}`: `None` when it does not decode, or
+/// when it names another replica than its key does (written by hand or by a
+/// broken peer, it must not pass for that replica, this one included, in
+/// the fleet's status).
+fn replica_record(name: &str, value: &[u8]) -> Option<ReplicaRecord> {
+    let record: ReplicaRecord = serde_json::from_slice(value).ok()?;
+    (record.name == name).then_some(record)
 }
 
 impl Session {
@@ -106,7 +111,7 @@ impl Session {
             let revision = event.kv.mod_revision;
             view.applied_revision = view.applied_revision.max(revision);
             if let Some(route) = route_of(rest)
-                && !self.unknown.configured(&config, route, &event.kv.key)
+                && !self.ignored.configured(&config, route, &event.kv.key)
             {
                 self.metrics.ignored_records.with_label_values(&["unknown_route"]).inc();
                 continue;
@@ -139,11 +144,20 @@ impl Session {
                         record,
                     });
                 }
-                Some(("replicas", name)) => match value.and_then(|v| serde_json::from_slice::<ReplicaRecord>(v).ok()) {
-                    Some(record) => {
+                Some(("replicas", name)) => match value.map(|v| replica_record(name, v)) {
+                    Some(Some(record)) => {
                         view.replicas.insert(name.to_string(), record);
                     }
-                    None => {
+                    bad_or_deleted => {
+                        if bad_or_deleted.is_some() {
+                            let key = &event.kv.key;
+                            self.ignored.log_once(
+                                key,
+                                key,
+                                "a replica record that does not parse or names another replica",
+                            );
+                            self.metrics.ignored_records.with_label_values(&["unparsable"]).inc();
+                        }
                         view.replicas.remove(name);
                     }
                 },
@@ -229,17 +243,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_unknown_route_is_logged_once_and_the_names_kept_are_bounded() {
-        let mut unknown = UnknownRoutes::default();
-        assert!(unknown.log_once("ghost", "/p/routes/ghost"));
-        assert!(!unknown.log_once("ghost", "/p/drivers/ghost"), "once per name, whatever the key");
-        assert!(unknown.log_once("phantom", "/p/routes/phantom"));
-        for i in 2..UnknownRoutes::LIMIT {
-            assert!(unknown.log_once(&format!("r{i}"), "k"));
+    fn an_ignored_name_is_logged_once_and_the_names_kept_are_bounded() {
+        let mut ignored = Ignored::default();
+        let what = "a record";
+        assert!(ignored.log_once("ghost", "/p/routes/ghost", what));
+        assert!(!ignored.log_once("ghost", "/p/drivers/ghost", what), "once per name, whatever the key");
+        assert!(ignored.log_once("phantom", "/p/routes/phantom", what));
+        for i in 2..Ignored::LIMIT {
+            assert!(ignored.log_once(&format!("r{i}"), "k", what));
         }
-        assert!(unknown.log_once("one-more", "k"), "the line that says no more are logged");
-        assert!(!unknown.log_once("yet-another", "k"));
-        assert!(!unknown.log_once("ghost", "k"));
-        assert_eq!(unknown.logged.len(), UnknownRoutes::LIMIT);
+        assert!(ignored.log_once("one-more", "k", what), "the line that says no more are logged");
+        assert!(!ignored.log_once("yet-another", "k", what));
+        assert!(!ignored.log_once("ghost", "k", what));
+        assert_eq!(ignored.logged.len(), Ignored::LIMIT);
+    }
+
+    #[test]
+    fn a_heartbeat_stands_only_for_the_replica_its_key_names() {
+        let record = |name: &str| {
+            let r = ReplicaRecord {
+                name: name.to_string(),
+                config_hash: "h".into(),
+                applied_revision: 7,
+                last_seen: "2026-12-01T00:00:00Z".into(),
+                version: "0.1.0".into(),
+            };
+            serde_json::to_vec(&r).unwrap()
+        };
+        assert_eq!(replica_record("a", &record("a")).map(|r| r.name), Some("a".to_string()));
+        assert!(replica_record("a", &record("b")).is_none(), "names another replica");
+        assert!(replica_record("a", b"{not json").is_none());
     }
 }
