@@ -251,36 +251,74 @@ pub enum ResponseBody {
     Upstream { inner: UpstreamBody, ahead: VecDeque<Frame<Bytes>>, delimited: bool, bytes: u64, finish: Option<Finish> },
 }
 
-/// Reads a backend's response body ahead of the client, up to `limit`
-/// bytes: what has already arrived, and, for a body whose length is known
-/// and within the limit, the rest of it (for at most `wait`). A slow reader
-/// then holds memory, not a backend connection; a body that streams
-/// (events, long chunked answers) is never waited for.
-pub async fn read_ahead_response(inner: &mut UpstreamBody, limit: usize, wait: Duration) -> VecDeque<Frame<Bytes>> {
-    let mut ahead = VecDeque::new();
-    let whole = inner.size_hint().exact().is_some_and(|n| n <= limit as u64);
-    // Set when the body first has to be waited for: a body that has arrived
-    // (the common case) costs no clock read and no timer.
-    let mut deadline = None;
-    let mut read = 0;
-    while read < limit && !inner.is_end_stream() {
-        let frame = match std::future::poll_fn(|cx| Poll::Ready(inner.poll_frame(cx))).await {
-            Poll::Ready(frame) => frame,
-            Poll::Pending if !whole => break,
-            Poll::Pending => {
-                let due = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
-                match tokio::time::timeout_at(due, std::future::poll_fn(|cx| inner.poll_frame(cx))).await {
-                    Ok(frame) => frame,
-                    Err(_) => break,
-                }
+/// A backend's response body read ahead of the client, up to `limit`
+/// bytes: what has already arrived ([`ReadAhead::now`], which does not
+/// wait), and, for a body whose length is known and within the limit, the
+/// rest of it ([`ReadAhead::rest`], for at most `wait`). A slow reader then
+/// holds memory, not a backend connection; a body that streams (events,
+/// long chunked answers) is never waited for.
+pub struct ReadAhead {
+    pub frames: VecDeque<Frame<Bytes>>,
+    /// The backend gave the body's length (known before anything was read).
+    pub delimited: bool,
+    read: usize,
+    limit: usize,
+    /// The length is known and within the limit: the rest is worth a wait.
+    whole: bool,
+    /// The body ended or failed (an error leaves it failed: the client's
+    /// copy fails in turn).
+    stopped: bool,
+}
+
+impl ReadAhead {
+    /// Takes the frames that have arrived, without waiting (most bodies
+    /// have arrived with their head): no future, no clock read, no timer.
+    /// The body's socket is polled without this task's waker: whoever
+    /// polls the body next (the rest of the wait, or the client's writer)
+    /// registers its own.
+    pub fn now(inner: &mut UpstreamBody, limit: usize) -> ReadAhead {
+        let length = inner.size_hint().exact();
+        let whole = length.is_some_and(|n| n <= limit as u64);
+        let mut ahead =
+            ReadAhead { frames: VecDeque::new(), delimited: length.is_some(), read: 0, limit, whole, stopped: false };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while ahead.wanted(inner) {
+            match inner.poll_frame(&mut cx) {
+                Poll::Ready(frame) => ahead.take(frame),
+                Poll::Pending => break,
             }
-        };
-        // An error leaves the body failed: the client's copy fails in turn.
-        let Some(Ok(frame)) = frame else { break };
-        read += frame.data_ref().map_or(0, Bytes::len);
-        ahead.push_back(frame);
+        }
+        ahead
     }
-    ahead
+
+    /// Whether the rest must be waited for: a body expected whole, not all here.
+    pub fn waits(&self, inner: &UpstreamBody) -> bool {
+        self.whole && self.wanted(inner)
+    }
+
+    /// Waits for the rest of a body expected whole, for at most `wait`.
+    pub async fn rest(&mut self, inner: &mut UpstreamBody, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.wanted(inner) {
+            match tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| inner.poll_frame(cx))).await {
+                Ok(frame) => self.take(frame),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn wanted(&self, inner: &UpstreamBody) -> bool {
+        !self.stopped && self.read < self.limit && !inner.is_end_stream()
+    }
+
+    fn take(&mut self, frame: Option<io::Result<Frame<Bytes>>>) {
+        let Some(Ok(frame)) = frame else {
+            self.stopped = true;
+            return;
+        };
+        self.read += frame.data_ref().map_or(0, Bytes::len);
+        self.frames.push_back(frame);
+    }
 }
 
 impl ResponseBody {

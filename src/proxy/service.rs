@@ -21,7 +21,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
 use http_body::Body as _;
 
 use super::DataSignal;
-use super::body::{ClientBody, ReadIdle, RequestBody, ResponseBody};
+use super::body::{ClientBody, ReadAhead, ReadIdle, RequestBody, ResponseBody};
 use super::client_timeouts::{self as activity, Activity};
 use super::h1::client::{Connection, Failure, UpstreamBody};
 use super::headers::{self, Forwarded};
@@ -552,7 +552,10 @@ async fn forward(
                     ctx.metrics.hidden_failure();
                 }
                 let client_upgrade = client_upgrade.map(|c| (c, h2_websocket));
-                return respond(ctx, resp, inflight, client_upgrade, bytes_in, kept).await;
+                return match respond(ctx, resp, inflight, client_upgrade, bytes_in, kept) {
+                    Responded::Done(response) => response,
+                    Responded::Unread(unread) => unread.read().await,
+                };
             }
             Err(SendError::Client(e)) => {
                 // The client's body broke (malformed, cut short, too long,
@@ -713,36 +716,43 @@ fn attempted(
 
 /// Phase 5: the response to the client. `client_upgrade` is the client side of
 /// a requested upgrade, with whether it is a WebSocket over HTTP/2 (RFC 8441).
-async fn respond(
-    ctx: Context<'_>,
+/// A plain function: it waits only for a body expected whole that has not
+/// all arrived ([`Responded::Unread`]), and a future of its own would be
+/// built and copied for every response.
+fn respond<'a>(
+    ctx: Context<'a>,
     resp: Response<UpstreamBody>,
     inflight: InFlight,
     client_upgrade: Option<(ClientUpgrade, bool)>,
     bytes_in: Rc<Cell<u64>>,
     kept: &mut Verbatim,
-) -> Response<ResponseBody> {
+) -> Responded<'a> {
     let h2_websocket = matches!(client_upgrade, Some((_, true)));
     if h2_websocket && resp.status().is_success() {
         // An HTTP/2 client's CONNECT cannot take a 2xx with a body in place of the tunnel.
         drop((resp, inflight));
-        return ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: the backend did not switch protocols\n");
+        return Responded::Done(
+            ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: the backend did not switch protocols\n"),
+        );
     }
     let (mut parts, mut body) = resp.into_parts();
     let mut tunnel = None;
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         // The backend connection becomes the tunnel's other end, for
         // WebSocket only: the one upgrade a client's request can ask for.
-        match (client_upgrade, body.take_tunnel()) {
+        let refused = match (client_upgrade, body.take_tunnel()) {
             (Some(_), Some(_)) if !headers::is_websocket_upgrade(&parts.headers) => {
-                drop((body, inflight));
-                return ctx
-                    .error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: the backend switched to another protocol\n");
+                Some("502 Bad Gateway: the backend switched to another protocol\n")
             }
-            (Some((client, _)), Some(upstream)) => tunnel = Some((client, upstream)),
-            _ => {
-                drop((body, inflight));
-                return ctx.error(StatusCode::BAD_GATEWAY, "502 Bad Gateway: the backend switched protocols unasked\n");
+            (Some((client, _)), Some(upstream)) => {
+                tunnel = Some((client, upstream));
+                None
             }
+            _ => Some("502 Bad Gateway: the backend switched protocols unasked\n"),
+        };
+        if let Some(text) = refused {
+            drop((body, inflight));
+            return Responded::Done(ctx.error(StatusCode::BAD_GATEWAY, text));
         }
     }
     *kept = body.take_verbatim();
@@ -758,7 +768,7 @@ async fn respond(
     let log = ctx.path.clone().map(|path| {
         Box::new(Pending { method: ctx.method.clone(), path, reason: ctx.reason, backend: backend.clone() })
     });
-    let mut finish = Finish {
+    let finish = Finish {
         worker: worker.clone(),
         conn: ctx.conn.clone(),
         backend_id: inflight.backend().id,
@@ -781,16 +791,56 @@ async fn respond(
     } else {
         // Read ahead of a slow client, so that a short answer frees its
         // backend connection (and slot) at once.
-        let config = &ctx.snap.config;
-        let delimited = body.size_hint().exact().is_some();
-        let ahead =
-            super::body::read_ahead_response(&mut body, config.server.response_buffer, config.timeouts.response).await;
-        if body.is_end_stream() {
-            worker.metrics().slow.response_buffered.inc();
-            finish.release(body.take_connection());
+        let ahead = ReadAhead::now(&mut body, ctx.snap.config.server.response_buffer);
+        if ahead.waits(&body) {
+            return Responded::Unread(Box::new(Unread { ctx, parts, body, ahead, finish }));
         }
-        ResponseBody::Upstream { inner: body, ahead, delimited, bytes: 0, finish: Some(finish) }
+        read_ahead(&worker, body, ahead, finish)
     };
+    Responded::Done(client_response(&ctx, parts, body))
+}
+
+/// What [`respond`] gives: the response, or what it leaves to wait for.
+/// The response, the common case, is returned by value (boxed, it would
+/// cost an allocation per response); the rare wait is boxed.
+#[allow(clippy::large_enum_variant)]
+enum Responded<'a> {
+    Done(Response<ResponseBody>),
+    Unread(Box<Unread<'a>>),
+}
+
+/// A response whose body is expected whole but has not all arrived: its
+/// rest is waited for (up to `timeouts.response`) before the head goes out.
+struct Unread<'a> {
+    ctx: Context<'a>,
+    parts: http::response::Parts,
+    body: UpstreamBody,
+    ahead: ReadAhead,
+    finish: Finish,
+}
+
+impl Unread<'_> {
+    async fn read(self) -> Response<ResponseBody> {
+        let Unread { ctx, parts, mut body, mut ahead, finish } = self;
+        ahead.rest(&mut body, ctx.snap.config.timeouts.response).await;
+        let body = read_ahead(ctx.worker, body, ahead, finish);
+        client_response(&ctx, parts, body)
+    }
+}
+
+/// The client's body after a read-ahead: a body read whole frees its
+/// backend connection (and slot) at once.
+fn read_ahead(worker: &Worker, mut body: UpstreamBody, ahead: ReadAhead, mut finish: Finish) -> ResponseBody {
+    let delimited = ahead.delimited;
+    if body.is_end_stream() {
+        worker.metrics().slow.response_buffered.inc();
+        finish.release(body.take_connection());
+    }
+    ResponseBody::Upstream { inner: body, ahead: ahead.frames, delimited, bytes: 0, finish: Some(finish) }
+}
+
+/// The response as the client gets it: a new user's cookie added.
+fn client_response(ctx: &Context<'_>, parts: http::response::Parts, body: ResponseBody) -> Response<ResponseBody> {
     let mut out = Response::from_parts(parts, body);
     if let Some(key) = ctx.new_key {
         append_cookie(&mut out, ctx.snap, key, ctx.conn.tls);
