@@ -435,8 +435,15 @@ fn upstream_head(mut req: Request<ClientBody>) -> (http::request::Parts, ClientB
     }
     parts.headers.remove(header::EXPECT);
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let origin = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        parts.uri = origin.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        // The origin form: the path and query as they are (sharing their
+        // bytes), or parsed again when they do not start with a slash.
+        parts.uri = match parts.uri.path_and_query().filter(|pq| pq.as_str().starts_with('/')) {
+            Some(origin) => Uri::from(origin.clone()),
+            None => {
+                let origin = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+                origin.parse().unwrap_or_else(|_| Uri::from_static("/"))
+            }
+        };
     }
     parts.version = HttpVersion::HTTP_11;
     (parts, body, Upgrades { upgrade, h2_websocket, client_upgrade, client_version })
