@@ -472,7 +472,9 @@ async fn forward(
     ctx.reason = Some(d.reason);
 
     let limits = &snap.config.retries;
-    let bytes_in = Rc::new(Cell::new(0u64));
+    // The request body's bytes, counted as they go (no count, and no
+    // allocation for one, when there is no body).
+    let mut bytes_in = None;
     // The head's parts live in this block only: they take no room in the
     // future beside the request they become.
     let (mut request, upgrades, resendable) = {
@@ -481,7 +483,8 @@ async fn forward(
         let body = if upgrades.upgrade || body.is_end_stream() {
             RequestBody::Empty
         } else {
-            match request_body(worker, snap, body, bytes_in.clone()).await {
+            let count = bytes_in.insert(Rc::new(Cell::new(0u64))).clone();
+            match request_body(worker, snap, body, count).await {
                 Ok(body) => body,
                 Err(e) => {
                     tracing::debug!(error = %e, "request body failed");
@@ -731,7 +734,7 @@ fn respond<'a>(
     resp: Response<UpstreamBody>,
     inflight: InFlight,
     client_upgrade: Option<(ClientUpgrade, bool)>,
-    bytes_in: Rc<Cell<u64>>,
+    bytes_in: Option<Rc<Cell<u64>>>,
     kept: &mut Verbatim,
 ) -> Responded<'a> {
     let h2_websocket = matches!(client_upgrade, Some((_, true)));
@@ -869,7 +872,8 @@ pub struct Finish {
     log: Option<Box<Pending>>,
     /// The backend failed within the body (the access log keeps such lines when sampling).
     failed: Cell<bool>,
-    bytes_in: Rc<Cell<u64>>,
+    /// The request body's bytes; `None`: it had none.
+    bytes_in: Option<Rc<Cell<u64>>>,
 }
 
 /// What the access log needs of the request until its response ends; the
@@ -926,7 +930,7 @@ impl Finish {
                 reason: pending.reason,
                 backend: Some(&pending.backend),
                 duration: elapsed,
-                bytes_in: self.bytes_in.get(),
+                bytes_in: self.bytes_in.as_ref().map_or(0, |b| b.get()),
                 bytes_out,
                 failed: self.failed.get(),
             });
