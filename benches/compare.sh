@@ -300,7 +300,7 @@ latency = ("mean ms", "max ms") if section.startswith("h2") else ("p50 ms", "p99
 logged = section.endswith("-log") or section == "http-stdout"
 print(f"| {section} | req/s | {latency[0]} | {latency[1]} | errors | peak RSS MiB | req per proxy CPU-s "
       "| CPU µs/req | user µs/req | sys µs/req "
-      f"| req/s vs {base_name} | p99 vs {base_name} | CPU/req vs {base_name} |"
+      f"| req/s vs {base_name} | {latency[1].split()[0]} vs {base_name} | CPU/req vs {base_name} |"
       + (" log lines lost |" if logged else ""))
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if logged else ""))
 def per_request(rs, i):
