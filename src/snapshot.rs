@@ -88,9 +88,10 @@ impl Pool {
         let after = self.eject.after;
         let others = self.healthy.iter().map(|&i| &self.backends[i]).filter(move |b| Some(b.id) != exclude);
         let working = others.clone().filter(move |b| b.failures.load(Ordering::Relaxed) < after);
-        match working.clone().count() {
-            0 => self.pick_among(others, exclude, random),
-            _ => self.pick_among(working, exclude, random),
+        // Whether any works: the first one found answers it.
+        match working.clone().next() {
+            None => self.pick_among(others, exclude, random),
+            Some(_) => self.pick_among(working, exclude, random),
         }
     }
 

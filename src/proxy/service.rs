@@ -74,6 +74,8 @@ pub async fn handle(
     req: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let (mut response, mut verbatim) = handle_h1(worker, conn, req, Verbatim::default()).await;
+    // Empty for a backend's answer (read into its map for an HTTP/2
+    // client: `Asked::lines`); whatever else keeps lines goes to the map.
     verbatim.into_map(response.headers_mut());
     Ok(response)
 }
@@ -437,12 +439,9 @@ fn upstream_head(mut req: Request<ClientBody>) -> (http::request::Parts, ClientB
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         // The origin form: the path and query as they are (sharing their
         // bytes), or parsed again when they do not start with a slash.
-        parts.uri = match parts.uri.path_and_query().filter(|pq| pq.as_str().starts_with('/')) {
-            Some(origin) => Uri::from(origin.clone()),
-            None => {
-                let origin = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-                origin.parse().unwrap_or_else(|_| Uri::from_static("/"))
-            }
+        parts.uri = match parts.uri.path_and_query() {
+            Some(origin) if origin.as_str().starts_with('/') => Uri::from(origin.clone()),
+            other => other.map_or("/", |pq| pq.as_str()).parse().unwrap_or_else(|_| Uri::from_static("/")),
         };
     }
     parts.version = HttpVersion::HTTP_11;

@@ -99,8 +99,7 @@ impl Verbatim {
 
     /// Moves the kept lines into `map`, after what it holds, and empties
     /// this. Names as the head parser reads them, values sharing the
-    /// head's bytes (no copy): an HTTP/2 client's every response comes
-    /// this way.
+    /// head's bytes (no copy).
     pub fn into_map(&mut self, map: &mut HeaderMap) {
         let kept = std::mem::take(self);
         for line in kept.lines() {

@@ -148,16 +148,17 @@ impl Session {
                     Some(Some(record)) => {
                         view.replicas.insert(name.to_string(), record);
                     }
-                    bad_or_deleted => {
-                        if bad_or_deleted.is_some() {
-                            let key = &event.kv.key;
-                            self.ignored.log_once(
-                                key,
-                                key,
-                                "a replica record that does not parse or names another replica",
-                            );
-                            self.metrics.ignored_records.with_label_values(&["unparsable"]).inc();
-                        }
+                    Some(None) => {
+                        let key = &event.kv.key;
+                        self.ignored.log_once(
+                            key,
+                            key,
+                            "a replica record that does not parse or names another replica",
+                        );
+                        self.metrics.ignored_records.with_label_values(&["unparsable"]).inc();
+                        view.replicas.remove(name);
+                    }
+                    None => {
                         view.replicas.remove(name);
                     }
                 },

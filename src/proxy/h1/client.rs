@@ -403,7 +403,6 @@ impl Connection {
         .await
     }
 
-    /// Reads until a final response head is complete.
     /// [`Connection::read_head`] until `deadline`; `None`: not in time.
     ///
     /// The connection keeps one timer for all its requests: armed at the
@@ -439,6 +438,7 @@ impl Connection {
         head
     }
 
+    /// Reads until a final response head is complete.
     async fn read_head(&mut self, asked: Asked) -> Result<Head, UpstreamError> {
         // Bytes already parsed without finding a complete head: a head ends
         // with a line feed, so it is parsed again only when a line ends (or
