@@ -20,7 +20,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_cutover");
 /// Writes the two-pool config (admin socket, state and metrics on port 0)
 /// into `dir`; returns its path.
 fn write_config(dir: &Path, stable: SocketAddr, canary: SocketAddr) -> PathBuf {
-    let text = two_pool_config(stable, canary, 50.0, "[metrics]\nlisten = \"127.0.0.1:0\"\n")
+    write_config_with(dir, stable, canary, "")
+}
+
+/// [`write_config`] with `extra` sections.
+fn write_config_with(dir: &Path, stable: SocketAddr, canary: SocketAddr, extra: &str) -> PathBuf {
+    let text = two_pool_config(stable, canary, 50.0, &format!("[metrics]\nlisten = \"127.0.0.1:0\"\n{extra}"))
         .replace("{dir}", &dir.display().to_string());
     let path = dir.join("cutover.toml");
     std::fs::write(&path, text).unwrap();
@@ -160,12 +165,6 @@ async fn sigterm_finishes_the_request_in_flight_refuses_new_connections_and_exit
     assert_eq!(slow.hits(), 1, "no other request reached the backend");
 }
 
-/// The value of `cutover_open_connections` for the proxy listener.
-async fn open_connections(metrics: SocketAddr) -> Option<f64> {
-    let page = get(metrics, "/metrics", &[]).await.body;
-    page.lines().find_map(|l| l.strip_prefix("cutover_open_connections{listener=\"http\"} ")?.trim().parse().ok())
-}
-
 /// A client whose connection was accepted before a drain, but whose first
 /// request comes later than the 1 s given to idle kept-alive connections,
 /// is still answered (HTTP/1.1 and HTTP/2 by prior knowledge): it had sent
@@ -174,30 +173,22 @@ async fn open_connections(metrics: SocketAddr) -> Option<f64> {
 async fn a_connection_accepted_before_a_drain_keeps_client_header_for_its_first_request() {
     let app = Backend::named("app").await;
     let dir = tempfile::tempdir().unwrap();
-    let text = two_pool_config(
-        app.addr,
-        app.addr,
-        0.0,
-        "[metrics]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nclient_header = \"5s\"\n",
-    )
-    .replace("{dir}", &dir.path().display().to_string());
-    let config = dir.path().join("cutover.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = write_config_with(dir.path(), app.addr, app.addr, "[timeouts]\nclient_header = \"5s\"\n");
     let (listening, binary) = ready(Binary::start(&["run", "-c", config.to_str().unwrap()], dir.path())).await;
     let (addr, metrics) = (addr_of(&listening, "http"), addr_of(&listening, "metrics"));
 
     let mut h1 = tokio::net::TcpStream::connect(addr).await.unwrap();
     let h2 = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while open_connections(metrics).await != Some(2.0) {
-        assert!(Instant::now() < deadline, "cutover did not accept both connections");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let open = r#"cutover_open_connections{listener="http"}"#;
+    let accepted =
+        until(Duration::from_secs(10), || async { metric(&get(metrics, "/metrics", &[]).await.body, open) == 2.0 })
+            .await;
+    assert!(accepted, "cutover did not accept both connections");
     binary.signal("TERM");
     assert!(log_contains(&binary, "draining", Duration::from_secs(5)).await, "{}", binary.log_text());
     // The clients' delay: longer than the grace of an idle kept-alive
     // connection, well inside client_header.
-    tokio::time::sleep(IDLE_GRACE + Duration::from_millis(600)).await;
+    tokio::time::sleep(cutover::proxy::listener::DRAIN_GRACE + Duration::from_millis(600)).await;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     h1.write_all(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n").await.unwrap();
@@ -220,9 +211,6 @@ async fn a_connection_accepted_before_a_drain_keeps_client_header_for_its_first_
     assert_eq!(code, Some(0), "{}", binary.log_text());
     assert_eq!(app.hits(), 2);
 }
-
-/// What a draining cutover gives an idle kept-alive connection (README).
-const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs `clients` load clients against `addr` until `stop` is set (at most
 /// `max_each` requests each); returns (ok, failures as text).

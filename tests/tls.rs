@@ -256,13 +256,10 @@ async fn an_h2_connection_accepted_before_a_drain_keeps_client_header_for_its_fi
         drop(dir);
     });
     // The drain has begun once the listener refuses connections.
-    let deadline = std::time::Instant::now() + LIMIT;
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(std::time::Instant::now() < deadline, "the draining proxy still accepts connections");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let refused = until(LIMIT, || async { TcpStream::connect(addr).await.is_err() }).await;
+    assert!(refused, "the draining proxy still accepts connections");
     // Longer than an idle connection's grace, well inside client_header.
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    tokio::time::sleep(cutover::proxy::listener::DRAIN_GRACE + Duration::from_millis(600)).await;
 
     let mut h2 = h2_handshake(tls).await;
     let req = Request::get("https://example.com/").body(empty()).unwrap();
