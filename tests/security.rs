@@ -226,15 +226,26 @@ async fn an_absolute_form_authority_is_checked_like_a_host_field() {
 /// RFC 9110 §7.2 and RFC 3986 §3.2.2: a Host is `uri-host [":" port]`.
 /// `:80` names no host (cutover would have routed it as hostless, to the
 /// `*` route); a port that is not digits, a second colon, an IP literal
-/// that is no IPv6 address, a broken percent-encoding are no Host either.
-/// An empty port (`host:`) is in the grammar and means the default port
+/// that is no IPv6 address, a broken percent-encoding are no Host either;
+/// nor is a port no TCP port can be (65616 is 80 to a backend that keeps it
+/// in 16 bits, 4294967376 to one that keeps 32). An empty port (`host:`) is in the grammar and means the default port
 /// (RFC 3986 §6.2.3): served, the field forwarded as sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_field_that_is_not_host_and_port_is_a_400() {
     let (web, admin) = (RawBackend::start(OK).await, RawBackend::start(OK).await);
     let proxy = proxy(&web, &admin, "");
     let text = "400 Bad Request: invalid Host field\n";
-    for host in [":80", ":", "admin.example.com:abc", "admin.example.com:80:80", "[::1", "[zz]:80", "%zz.example"] {
+    for host in [
+        ":80",
+        ":",
+        "admin.example.com:abc",
+        "admin.example.com:80:80",
+        "[::1",
+        "[zz]:80",
+        "%zz.example",
+        "admin.example.com:65616",
+        "admin.example.com:4294967376",
+    ] {
         for version in ["1.1", "1.0"] {
             let request = format!("GET / HTTP/{version}\r\nHost: {host}\r\n\r\n");
             assert_refused(&proxy, &[&web, &admin], request.as_bytes(), 400, text).await;
@@ -437,6 +448,7 @@ async fn assert_h2_host_rules(h2: &mut H2, web: &RawBackend, admin: &RawBackend)
         (get_with("http://www.example.com/", &["admin.example.com"]), differs),
         (get_with("http://admin.example.com/.cutover/beta?join", &["www.example.com"]), differs),
         (get_with("http://user:pw@admin.example.com/", &[]), "400 Bad Request: user info in :authority\n"),
+        (get_with("http://admin.example.com:65616/", &[]), "400 Bad Request: invalid :authority\n"),
         (
             get_with("http://admin.example.com/", &["admin.example.com", "admin.example.com"]),
             "400 Bad Request: more than one host field\n",

@@ -27,7 +27,10 @@ static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 /// unreserved, sub-delims and percent-encoded octets, never empty — `:80`
 /// names no host to route by (RFC 9110 §4.2.1 makes an http URI with an
 /// empty host invalid). The port is digits; an empty port (`host:`) is in
-/// the grammar and means the default port (RFC 3986 §6.2.3). An empty value
+/// the grammar and means the default port (RFC 3986 §6.2.3); a port above
+/// 65535 is refused: no TCP port is, and a backend that keeps the number in
+/// 16 or 32 bits would read another one (`:65616` is `:80` to one that
+/// wraps), so the host it sees would not be the one routed. An empty value
 /// is no Host at all (RFC 9110 §7.2): the callers treat it as absent.
 pub fn valid_host(value: &[u8]) -> bool {
     if value.is_empty() {
@@ -45,7 +48,7 @@ pub fn valid_host(value: &[u8]) -> bool {
     };
     host && match port {
         [] => true,
-        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        [b':', digits @ ..] => digits.is_empty() || decimal(digits).is_some_and(|port| port <= 65_535),
         _ => false,
     }
 }
@@ -95,6 +98,12 @@ const REG_NAME: [bool; 256] = {
 /// (no sign, no space). Leading zeros are valid however many there are;
 /// values above 18 significant digits are refused (no body is that long).
 pub fn content_length(digits: &[u8]) -> Option<u64> {
+    decimal(digits)
+}
+
+/// One or more digits and nothing else, however many leading zeros; `None`
+/// above 18 significant digits (nothing cutover counts is that large).
+fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -572,6 +581,8 @@ mod tests {
             "[::1]",
             "[::1]:8443",
             "[2001:db8::192.0.2.1]:",
+            "shop.example.com:65535",
+            "shop.example.com:0000000000000000000000080",
             "xn--bcher-kva.example",
             "caf%C3%A9.example",
             "a-b_c~d!$&'()*+,;=",
@@ -584,6 +595,10 @@ mod tests {
             ":",
             "shop.example.com:abc",
             "shop.example.com:80:80",
+            "shop.example.com:65536",
+            "shop.example.com:65616",
+            "[::1]:4294967376",
+            "shop.example.com:99999999999999999999999",
             "a:b",
             "[::1",
             "[::1]x",
