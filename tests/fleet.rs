@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
-use common::{Backend, Proxy, get, two_pool_config, until};
+use common::{Backend, Proxy, get, metric, two_pool_config, until};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -161,9 +161,9 @@ async fn a_weight_set_on_one_replica_is_in_force_on_all_and_users_agree() {
     assert_eq!(table.matches(" DIFFERS").count(), 2, "{table}");
     assert!(table.contains("warning: the replicas run different configs"), "{table}");
     let metrics = fleet.at(0).metrics();
-    assert_eq!(common::metric(&metrics, "cutover_fleet_connected"), 1.0, "{metrics}");
-    assert_eq!(common::metric(&metrics, "cutover_fleet_replicas"), 3.0, "{metrics}");
-    assert!(common::metric(&metrics, "cutover_fleet_applied_revision") > 0.0, "{metrics}");
+    assert_eq!(metric(&metrics, "cutover_fleet_connected"), 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, "cutover_fleet_replicas"), 3.0, "{metrics}");
+    assert!(metric(&metrics, "cutover_fleet_applied_revision") > 0.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,7 +294,7 @@ async fn etcd_stopped_under_load_changes_answer_503_a_rollback_applies_and_all_c
     assert_eq!(get(fleet.at(0).addr(), "/", &[]).await.first_line(), "stable");
     let disconnected = until(WAIT, || async { fleet.fleet_status(0).await["connected"] == json!(false) }).await;
     assert!(disconnected);
-    assert_eq!(common::metric(&fleet.at(0).metrics(), "cutover_fleet_connected"), 0.0);
+    assert_eq!(metric(&fleet.at(0).metrics(), "cutover_fleet_connected"), 0.0);
 
     etcd.members[0].resume();
     // Back online: the rollback reaches the other replica; nothing acknowledged is lost.
@@ -337,8 +337,7 @@ async fn one_replica_drives_a_rollout_and_another_finishes_it_when_the_driver_di
     let loads: Vec<_> = fleet.running().map(|p| tokio::spawn(load(p.addr(), stop.clone()))).collect();
     let (first, index) = start_rollout(&fleet, rollout(&[10, 50, 100], "2s", 0.01), 1).await;
     // Exactly one replica says it drives.
-    let driving: f64 =
-        fleet.running().map(|p| common::metric(&p.metrics(), "cutover_rollout_driver{route=\"web\"}")).sum();
+    let driving: f64 = fleet.running().map(|p| metric(&p.metrics(), "cutover_rollout_driver{route=\"web\"}")).sum();
     assert_eq!(driving, 1.0);
     promtool_check(&fleet.at(index).metrics());
     // Kill the driver as a crash would (its lease is left to expire).
@@ -558,14 +557,10 @@ async fn hostile_records_in_etcd_are_ignored_not_a_crash() {
     assert_ne!(replicas[0]["config_hash"], json!("forged"), "{replicas}");
     // "not json" and the forged heartbeat were counted as records that do not parse.
     let text = fleet.at(0).metrics();
-    assert!(counter(&text, r#"cutover_fleet_ignored_records_total{reason="unparsable"}"#) >= 2, "{text}");
+    assert!(metric(&text, r#"cutover_fleet_ignored_records_total{reason="unparsable"}"#) >= 2.0, "{text}");
 }
 
 /// The value of the sample `series` (name and labels as exposed) in `text`; 0 when absent.
-fn counter(text: &str, series: &str) -> u64 {
-    text.lines().find_map(|line| line.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
-}
-
 /// Records for a route this replica's config does not have (a replica with
 /// another config, a hand with etcdctl) create no state here: for a rollout
 /// with a window, due now, on `ghost`, the replica takes no driver key;
@@ -607,10 +602,33 @@ async fn records_for_a_route_this_replica_does_not_have_create_no_state() {
     assert!(!text.contains("ghost"), "{text}");
     // The four records were counted as ignored (a resync, after a lost
     // session, would read and count them again).
-    let ignored = counter(&text, r#"cutover_fleet_ignored_records_total{reason="unknown_route"}"#);
-    assert!(ignored >= 4, "{text}");
+    let ignored = metric(&text, r#"cutover_fleet_ignored_records_total{reason="unknown_route"}"#);
+    assert!(ignored >= 4.0, "{text}");
     let (status, _) = call(fleet.at(0), Method::GET, "/v1/routes/ghost", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// A replica whose config gives a route no canary pool keeps its weight at
+/// 0 when another replica, whose config has one, moves it: as its own
+/// admin API would refuse (409), the record's share is not taken; the
+/// records after it still are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_a_canary_pool_here_keeps_weight_0_whatever_the_fleet_says() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 2, "2s").await;
+    fleet.reload_with(0, |text| text + &API_ROUTE.replace("canary = \"canary\"\n", "")).await;
+    fleet.reload_with(1, |text| text + API_ROUTE).await;
+    let (status, body) = call(fleet.at(0), Method::PUT, "/v1/routes/api/weight", Some(json!({"weight": 30}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = call(fleet.at(1), Method::PUT, "/v1/routes/api/weight", Some(json!({"weight": 30}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Records reach a replica in order: once the later one is in force,
+    // the one for `api` has been read.
+    let (status, body) = call(fleet.at(1), Method::PUT, "/v1/routes/web/weight", Some(json!({"weight": 40}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    fleet.wait_all("web at 40", |r| r["weight"] == json!(40.0)).await;
+    assert_eq!(fleet.route_named(0, "api").await["weight"], json!(0.0));
+    assert_eq!(fleet.route_named(1, "api").await["weight"], json!(30.0));
 }
 
 /// A second route for configs that differ between replicas.
@@ -631,7 +649,7 @@ async fn a_route_added_by_a_reload_takes_the_fleet_state_at_once() {
     assert_eq!(status, StatusCode::OK, "{body}");
     // Replica 0 has seen the record and ignored it: its config lacks `api`.
     let unknown = r#"cutover_fleet_ignored_records_total{reason="unknown_route"}"#;
-    let ignored = until(WAIT, || async { counter(&fleet.at(0).metrics(), unknown) >= 1 }).await;
+    let ignored = until(WAIT, || async { metric(&fleet.at(0).metrics(), unknown) >= 1.0 }).await;
     assert!(ignored, "{}", fleet.at(0).metrics());
     let (status, _) = call(fleet.at(0), Method::GET, "/v1/routes/api", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -93,6 +93,18 @@ impl Control {
             tracing::warn!(route, weight_bp = s.weight_bp, "fleet: ignored a route state with a weight out of range");
             return false;
         };
+        // Here the route has no canary pool (the configs differ): its weight
+        // stays 0 and no rollout runs on it, as the admin API would answer
+        // here (409). Routing would send everyone to stable anyway; the
+        // state shown and the gauges would say otherwise.
+        if config_route.canary.is_none() && (weight != Weight::ZERO || s.rollout.is_some()) {
+            tracing::warn!(
+                route,
+                weight_bp = s.weight_bp,
+                "fleet: ignored a route state with a canary share: this replica's config gives the route no canary pool"
+            );
+            return false;
+        }
         // A record is input from a peer (or a hand with etcdctl): check the
         // plan before anything indexes its steps.
         if let Some(r) = &s.rollout
