@@ -33,7 +33,9 @@
 #   H2_STREAMS=10 IDLE_CONNS=10000 RELOADS=5 PROXY_CPU=0 LOAD_CPU=1
 #   BASE_PORT=18000 CUTOVER=target/release/cutover PROXIES="cutover nginx haproxy"
 #   (add cutover-base to PROXIES with CUTOVER_BASE=<another build> to set two
-#   builds side by side in the same rounds)
+#   builds side by side in the same rounds; add relay for the floor of the
+#   http sections: HAProxy relaying bytes in mode tcp, no HTTP work, a
+#   measure of the kernel's share of any proxy's CPU per request)
 #   (http-fleet also uses BASE_PORT+110 and +111 for etcd)
 # Nothing is installed: missing tools are named with the command to install them.
 set -euo pipefail
@@ -92,7 +94,7 @@ cleanup() {
 trap cleanup EXIT
 
 port_of() { # proxy -> plain port
-    case $1 in cutover | cutover-fleet | cutover-base) echo $((BASE_PORT + 80)) ;; nginx) echo $((BASE_PORT + 90)) ;; haproxy) echo $((BASE_PORT + 100)) ;; esac
+    case $1 in cutover | cutover-fleet | cutover-base) echo $((BASE_PORT + 80)) ;; nginx) echo $((BASE_PORT + 90)) ;; haproxy) echo $((BASE_PORT + 100)) ;; relay) echo $((BASE_PORT + 70)) ;; esac
 }
 tls_port_of() { echo $(($(port_of "$1") + 363)); }
 
@@ -176,11 +178,15 @@ start_proxy() { # proxy
             fi
             taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$out" 2>"$WORK/haproxy.err" &
             ;;
+        relay)
+            render relay.cfg relay
+            taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/relay.cfg" >"$WORK/relay.out" 2>"$WORK/relay.err" &
+            ;;
     esac
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
     wait_port "$(port_of "$1")"
-    wait_port "$(tls_port_of "$1")"
+    [[ $1 == relay ]] || wait_port "$(tls_port_of "$1")"
     [[ $1 == cutover-fleet ]] && wait_fleet
     return 0
 }
@@ -334,6 +340,8 @@ load_section() { # section
     local round proxies p
     read -ra proxies <<<"$PROXIES"
     [[ $1 == http-fleet ]] && proxies=(cutover cutover-fleet)
+    # The relay forwards plain HTTP/1.1 only, and writes no log.
+    [[ $1 == http || $1 == http-stdout ]] || read -ra proxies <<<"${proxies[*]/relay/}"
     case $1 in *-log) LOGGING=file ;; http-stdout) LOGGING=stdout ;; *) LOGGING=off ;; esac
     for round in $(seq "$ROUNDS"); do
         for i in "${!proxies[@]}"; do
