@@ -47,16 +47,27 @@ impl Control {
 
     /// After a reload's snapshot is published: a route it added takes the
     /// fleet's state (its record, ignored while this config lacked the
-    /// route, is read and applied as from the watch); a route it removed
-    /// is let go, its record left to the replicas that still have it.
+    /// route, is read and applied as from the watch), and so does a route
+    /// it gave a canary pool (a record with a canary share was not applied
+    /// while it had none); a route it removed is let go, its record left to
+    /// the replicas that still have it.
     pub(super) fn tell_store_routes(&mut self, old: &crate::config::Config) {
-        // Sets of names: a config may hold a thousand routes.
-        let names = |from: &crate::config::Config, not_in: &crate::config::Config| -> Vec<String> {
-            let not_in: std::collections::HashSet<&str> = not_in.routes.iter().map(|r| r.name.as_str()).collect();
-            from.routes.iter().filter(|r| !not_in.contains(r.name.as_str())).map(|r| r.name.clone()).collect()
-        };
-        let (added, removed) = (names(&self.config, old), names(old, &self.config));
-        self.store.reloaded(&added, &removed);
+        // Maps by name: a config may hold a thousand routes.
+        fn canary(config: &crate::config::Config) -> std::collections::HashMap<&str, bool> {
+            config.routes.iter().map(|r| (r.name.as_str(), r.canary.is_some())).collect()
+        }
+        let (before, now) = (canary(old), canary(&self.config));
+        // The routes whose record is read again: added, or given a canary pool.
+        let read: Vec<String> = self
+            .config
+            .routes
+            .iter()
+            .filter(|r| before.get(r.name.as_str()).is_none_or(|&had| r.canary.is_some() && !had))
+            .map(|r| r.name.clone())
+            .collect();
+        let removed: Vec<String> =
+            old.routes.iter().filter(|r| !now.contains_key(r.name.as_str())).map(|r| r.name.clone()).collect();
+        self.store.reloaded(&read, &removed);
     }
 
     pub(super) fn fleet_note(&mut self, note: Note) {
