@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request work that is cutover's own: the
-//! routing decision, header rewriting and metrics recording.
+//! routing decision, header rewriting, metrics recording and the access
+//! log line.
 //!
 //! `cargo bench --bench hot_path`
 
@@ -8,6 +9,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
 
+use cutover::access_log::Record;
 use cutover::metrics::Metrics;
 use cutover::proxy::headers::{self, Forwarded};
 use cutover::routing::{self, Head, Outcome, Reason, Version};
@@ -80,5 +82,33 @@ fn metrics_recording(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decision, header_rewrite, metrics_recording);
+/// One JSON access log line of a proxied request, appended to a worker's
+/// buffer (cleared when full, as a hand-over leaves it).
+fn access_log_line(c: &mut Criterion) {
+    let record = Record {
+        client: "192.0.2.10",
+        method: "GET",
+        path: "/products/42",
+        status: 200,
+        route: Some("web"),
+        version: Some(Version::Stable),
+        reason: Some(Reason::Returning),
+        backend: Some("127.0.0.1:18081"),
+        duration: std::time::Duration::from_micros(412),
+        bytes_in: 0,
+        bytes_out: 187,
+        failed: false,
+    };
+    let mut out = Vec::with_capacity(72 * 1024);
+    c.bench_function("access_log/line", |b| {
+        b.iter(|| {
+            if out.len() >= 64 * 1024 {
+                out.clear();
+            }
+            black_box(&record).write_line(&mut out, std::time::SystemTime::now());
+        })
+    });
+}
+
+criterion_group!(benches, decision, header_rewrite, metrics_recording, access_log_line);
 criterion_main!(benches);

@@ -64,9 +64,15 @@ impl Record<'_> {
     /// The line, without its newline (tests and tools).
     pub fn to_json(&self, time: SystemTime) -> String {
         let mut out = Vec::new();
-        json::write_line(&mut out, self, time);
+        self.write_line(&mut out, time);
         out.pop();
         String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends the line and its newline to `out`, as a worker does into its
+    /// buffer (benchmarks).
+    pub fn write_line(&self, out: &mut Vec<u8>, time: SystemTime) {
+        json::write_line(out, self, time);
     }
 
     fn is_error(&self) -> bool {
