@@ -129,9 +129,10 @@ pub(crate) enum Request {
     },
     /// A manual rollback whose write found etcd unreachable: kept until etcd has it.
     Pending { route: String, record: RouteRecord },
-    /// A reload added and removed routes: the records of the added ones,
-    /// ignored until now, are read; what the session holds for the removed
-    /// ones (a rollout window, a driver key) is let go.
+    /// A reload added and removed routes: the records of the added ones
+    /// (and of routes it gave a canary pool), ignored until now, are read;
+    /// what the session holds for the removed ones (a rollout window, a
+    /// driver key) is let go.
     Reloaded { added: Vec<String>, removed: Vec<String> },
 }
 

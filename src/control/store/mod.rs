@@ -56,8 +56,9 @@ pub trait Store: Send {
     fn seen(&mut self, _route: &str, _revision: i64, _record: Option<&RouteRecord>) {}
 
     /// A reload added and removed routes (its snapshot is published): in
-    /// fleet mode the added ones take the fleet's state, as from the watch,
-    /// and the removed ones are let go (a rollout driven here is handed on).
+    /// fleet mode the added ones (and those it gave a canary pool) take the
+    /// fleet's state, as from the watch, and the removed ones are let go (a
+    /// rollout driven here is handed on).
     fn reloaded(&mut self, _added: &[String], _removed: &[String]) {}
 }
 
