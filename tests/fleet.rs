@@ -636,6 +636,50 @@ async fn a_route_without_a_canary_pool_here_keeps_weight_0_whatever_the_fleet_sa
     assert!(taken, "{}", fleet.route_named(0, "api").await);
 }
 
+/// A replica whose config gives `web` no canary pool never drives its
+/// rollout (it would hold the driver key and judge nothing): the replica
+/// that has the pool drives it, and when that one dies the rollout waits
+/// for a replica that can drive it rather than being taken by this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_the_canary_pool_never_drives_the_rollout() {
+    let etcd = Etcd::start();
+    let mut fleet = Fleet::start(&etcd, 2, "1s").await;
+    fleet.reload_with(0, |text| text.replacen("canary = \"canary\"\n", "", 1)).await;
+    assert_eq!(fleet.route(0).await.get("canary"), Some(&Value::Null));
+    let (status, body) =
+        call(fleet.at(1), Method::POST, "/v1/routes/web/rollout", Some(rollout(&[10, 100], "1h", 0.05))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let driven = until(WAIT, || async { driver(&fleet, 0).await.is_some() }).await;
+    assert!(driven, "no driver: {}", fleet.fleet_status(0).await);
+    assert_eq!(driver(&fleet, 0).await.as_deref(), Some("proxy-1"));
+    // The driver dies; its key goes with its lease (1 s). Within the time
+    // a replica that can drive takes over (under 2.1 s: see the failover
+    // test), this one takes nothing.
+    let dead = fleet.replicas[1].take().unwrap();
+    dead.running.fleet.as_ref().unwrap().kill();
+    let gone = until(WAIT, || async { driver(&fleet, 0).await.is_none() }).await;
+    assert!(gone, "{}", fleet.fleet_status(0).await);
+    let took = until(Duration::from_millis(2_500), || async { driver(&fleet, 0).await.is_some() }).await;
+    assert!(!took, "{}", fleet.fleet_status(0).await);
+    assert_eq!(metric(&fleet.at(0).metrics(), "cutover_rollout_driver{route=\"web\"}"), 0.0);
+    drop(dead);
+}
+
+/// A reload that takes the canary pool from the replica that drives the
+/// rollout hands the rollout on: that replica lets the driver key go (at
+/// its next lease renewal) and the other takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_takes_the_canary_pool_from_the_driver_hands_the_rollout_on() {
+    let etcd = Etcd::start();
+    let fleet = Fleet::start(&etcd, 2, "1s").await;
+    let (first, index) = start_rollout(&fleet, rollout(&[10, 100], "1h", 0.05), 1).await;
+    fleet.reload_with(index, |text| text.replacen("canary = \"canary\"\n", "", 1)).await;
+    let other = 1 - index;
+    let handed = until(WAIT, || async { driver(&fleet, other).await.is_some_and(|d| d != first) }).await;
+    assert!(handed, "{}", fleet.fleet_status(other).await);
+    assert_eq!(metric(&fleet.at(index).metrics(), "cutover_rollout_driver{route=\"web\"}"), 0.0);
+}
+
 /// A second route for configs that differ between replicas.
 const API_ROUTE: &str =
     "\n[[routes]]\nname = \"api\"\npath_prefix = \"/api/\"\nstable = \"stable\"\ncanary = \"canary\"\nweight = 0\n";

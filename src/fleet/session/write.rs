@@ -22,16 +22,22 @@ impl Session {
     }
 
     /// Takes the driver key of every rollout that has no driver; lets go
-    /// of those whose rollout ended.
+    /// of those whose rollout ended. Only a route with a canary pool here
+    /// is driven here: where this replica's config gives it none, the
+    /// rollout's state is not applied (`Control::apply_remote`), and a
+    /// driver that judges nothing would hold the rollout still; a route a
+    /// reload took the canary pool from is let go likewise.
     pub(super) async fn acquire_drivers(&mut self, lease: i64) {
         let mine = self.driver_value(lease);
+        let config = self.shared.snapshot.load().config.clone();
+        let drivable = |route: &str| config.route(route).is_some_and(|r| r.canary.is_some());
         let (free, ended): (Vec<String>, Vec<String>) = {
             let view = self.view();
             (
-                view.windows.keys().filter(|r| !view.drivers.contains_key(*r)).cloned().collect(),
+                view.windows.keys().filter(|r| !view.drivers.contains_key(*r) && drivable(r)).cloned().collect(),
                 view.drivers
                     .iter()
-                    .filter(|(r, d)| **d == mine && !view.windows.contains_key(*r))
+                    .filter(|(r, d)| **d == mine && (!view.windows.contains_key(*r) || !drivable(r)))
                     .map(|(r, _)| r.clone())
                     .collect(),
             )
