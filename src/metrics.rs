@@ -553,9 +553,10 @@ pub struct FleetMetrics {
 
 /// Why a record from etcd was ignored: its key or value does not decode
 /// (`undecodable`), a route record is not valid JSON of its shape
-/// (`unparsable`), or it names a route this replica's config does not have
-/// (`unknown_route`).
-pub const IGNORED_REASONS: [&str; 3] = ["undecodable", "unparsable", "unknown_route"];
+/// (`unparsable`), it names a route this replica's config does not have
+/// (`unknown_route`), or it gives a canary share or a rollout to a route
+/// this replica's config gives no canary pool (`no_canary_pool`).
+pub const IGNORED_REASONS: [&str; 4] = ["undecodable", "unparsable", "unknown_route", "no_canary_pool"];
 
 impl Metrics {
     /// The fleet series, registered on first use.
@@ -576,7 +577,7 @@ impl Metrics {
                 let ignored_records = IntCounterVec::new(
                     Opts::new(
                         "cutover_fleet_ignored_records_total",
-                        "Records read from etcd and ignored (they do not decode, do not parse, or name a route this config lacks)",
+                        "Records read from etcd and ignored (they do not decode, do not parse, name a route this config lacks, or give a canary share to a route without a canary pool here)",
                     ),
                     &["reason"],
                 )

@@ -629,6 +629,8 @@ async fn a_route_without_a_canary_pool_here_keeps_weight_0_whatever_the_fleet_sa
     fleet.wait_all("web at 40", |r| r["weight"] == json!(40.0)).await;
     assert_eq!(fleet.route_named(0, "api").await["weight"], json!(0.0));
     assert_eq!(fleet.route_named(1, "api").await["weight"], json!(30.0));
+    let text = fleet.at(0).metrics();
+    assert!(metric(&text, r#"cutover_fleet_ignored_records_total{reason="no_canary_pool"}"#) >= 1.0, "{text}");
     // A reload that gives the route its canary pool here takes the fleet's
     // weight at once, as a reload that adds a route does.
     fleet.reload_with(0, |text| text.replace(&API_ROUTE.replace("canary = \"canary\"\n", ""), API_ROUTE)).await;

@@ -109,6 +109,7 @@ impl Control {
         // here (409). Routing would send everyone to stable anyway; the
         // state shown and the gauges would say otherwise.
         if config_route.canary.is_none() && (weight != Weight::ZERO || s.rollout.is_some()) {
+            self.metrics.fleet().ignored_records.with_label_values(&["no_canary_pool"]).inc();
             tracing::warn!(
                 route,
                 weight_bp = s.weight_bp,
