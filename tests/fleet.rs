@@ -97,6 +97,14 @@ impl Fleet {
         body
     }
 
+    /// Takes replica `i` out as a crash would: its session's lease is left
+    /// to expire in etcd. The returned proxy is dropped by the caller.
+    fn crash(&mut self, i: usize) -> Proxy {
+        let dead = self.replicas[i].take().expect("replica running");
+        dead.running.fleet.as_ref().expect("fleet mode").kill();
+        dead
+    }
+
     /// Rewrites replica `i`'s config file with `edit` and reloads it.
     async fn reload_with(&self, i: usize, edit: impl FnOnce(String) -> String) {
         let p = self.at(i);
@@ -342,8 +350,7 @@ async fn one_replica_drives_a_rollout_and_another_finishes_it_when_the_driver_di
     promtool_check(&fleet.at(index).metrics());
     // Kill the driver as a crash would (its lease is left to expire).
     let step_before = fleet.route(index).await["rollout"]["step"].as_u64().unwrap_or(0);
-    let dead = fleet.replicas[index].take().unwrap();
-    dead.running.fleet.as_ref().unwrap().kill();
+    let dead = fleet.crash(index);
     let killed_at = Instant::now();
     let other = (index + 1) % 3;
     let took_over = until(WAIT, || async { driver(&fleet, other).await.is_some_and(|d| d != first) }).await;
@@ -616,7 +623,7 @@ async fn records_for_a_route_this_replica_does_not_have_create_no_state() {
 async fn a_route_without_a_canary_pool_here_keeps_weight_0_whatever_the_fleet_says() {
     let etcd = Etcd::start();
     let fleet = Fleet::start(&etcd, 2, "2s").await;
-    fleet.reload_with(0, |text| text + &API_ROUTE.replace("canary = \"canary\"\n", "")).await;
+    fleet.reload_with(0, |text| text + &without_canary(API_ROUTE)).await;
     fleet.reload_with(1, |text| text + API_ROUTE).await;
     let (status, body) = call(fleet.at(0), Method::PUT, "/v1/routes/api/weight", Some(json!({"weight": 30}))).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
@@ -633,7 +640,7 @@ async fn a_route_without_a_canary_pool_here_keeps_weight_0_whatever_the_fleet_sa
     assert!(metric(&text, r#"cutover_fleet_ignored_records_total{reason="no_canary_pool"}"#) >= 1.0, "{text}");
     // A reload that gives the route its canary pool here takes the fleet's
     // weight at once, as a reload that adds a route does.
-    fleet.reload_with(0, |text| text.replace(&API_ROUTE.replace("canary = \"canary\"\n", ""), API_ROUTE)).await;
+    fleet.reload_with(0, |text| text.replace(&without_canary(API_ROUTE), API_ROUTE)).await;
     let taken = until(WAIT, || async { fleet.route_named(0, "api").await["weight"] == json!(30.0) }).await;
     assert!(taken, "{}", fleet.route_named(0, "api").await);
 }
@@ -646,7 +653,7 @@ async fn a_route_without_a_canary_pool_here_keeps_weight_0_whatever_the_fleet_sa
 async fn a_replica_without_the_canary_pool_never_drives_the_rollout() {
     let etcd = Etcd::start();
     let mut fleet = Fleet::start(&etcd, 2, "1s").await;
-    fleet.reload_with(0, |text| text.replacen("canary = \"canary\"\n", "", 1)).await;
+    fleet.reload_with(0, |text| without_canary(&text)).await;
     assert_eq!(fleet.route(0).await.get("canary"), Some(&Value::Null));
     let (status, body) =
         call(fleet.at(1), Method::POST, "/v1/routes/web/rollout", Some(rollout(&[10, 100], "1h", 0.05))).await;
@@ -657,8 +664,7 @@ async fn a_replica_without_the_canary_pool_never_drives_the_rollout() {
     // The driver dies; its key goes with its lease (1 s). Within the time
     // a replica that can drive takes over (under 2.1 s: see the failover
     // test), this one takes nothing.
-    let dead = fleet.replicas[1].take().unwrap();
-    dead.running.fleet.as_ref().unwrap().kill();
+    let dead = fleet.crash(1);
     let gone = until(WAIT, || async { driver(&fleet, 0).await.is_none() }).await;
     assert!(gone, "{}", fleet.fleet_status(0).await);
     let took = until(Duration::from_millis(2_500), || async { driver(&fleet, 0).await.is_some() }).await;
@@ -675,11 +681,17 @@ async fn a_reload_that_takes_the_canary_pool_from_the_driver_hands_the_rollout_o
     let etcd = Etcd::start();
     let fleet = Fleet::start(&etcd, 2, "1s").await;
     let (first, index) = start_rollout(&fleet, rollout(&[10, 100], "1h", 0.05), 1).await;
-    fleet.reload_with(index, |text| text.replacen("canary = \"canary\"\n", "", 1)).await;
+    fleet.reload_with(index, |text| without_canary(&text)).await;
     let other = 1 - index;
     let handed = until(WAIT, || async { driver(&fleet, other).await.is_some_and(|d| d != first) }).await;
     assert!(handed, "{}", fleet.fleet_status(other).await);
     assert_eq!(metric(&fleet.at(index).metrics(), "cutover_rollout_driver{route=\"web\"}"), 0.0);
+}
+
+/// `text` (a config, or a route of one) with its first route's canary pool
+/// taken out.
+fn without_canary(text: &str) -> String {
+    text.replacen("canary = \"canary\"\n", "", 1)
 }
 
 /// A second route for configs that differ between replicas.
