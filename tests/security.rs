@@ -218,6 +218,8 @@ async fn an_absolute_form_authority_is_checked_like_a_host_field() {
         // The authority form is for CONNECT alone.
         &b"GET admin.example.com:80 HTTP/1.1\r\nHost: www.example.com\r\n\r\n"[..],
         b"GET http://:80/ HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+        // No TCP port: a backend keeping it in 16 bits would read `:80`.
+        b"GET http://admin.example.com:65616/ HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
     ] {
         assert_refused(&proxy, &[&web, &admin], request, 400, text).await;
     }
