@@ -52,11 +52,10 @@ impl Control {
     /// while it had none); a route it removed is let go, its record left to
     /// the replicas that still have it.
     pub(super) fn tell_store_routes(&mut self, old: &crate::config::Config) {
-        // Maps by name: a config may hold a thousand routes.
-        fn canary(config: &crate::config::Config) -> std::collections::HashMap<&str, bool> {
-            config.routes.iter().map(|r| (r.name.as_str(), r.canary.is_some())).collect()
-        }
-        let (before, now) = (canary(old), canary(&self.config));
+        // By name: a config may hold a thousand routes.
+        let before: std::collections::HashMap<&str, bool> =
+            old.routes.iter().map(|r| (r.name.as_str(), r.canary.is_some())).collect();
+        let now: std::collections::HashSet<&str> = self.config.routes.iter().map(|r| r.name.as_str()).collect();
         // The routes whose record is read again: added, or given a canary pool.
         let read: Vec<String> = self
             .config
@@ -66,7 +65,7 @@ impl Control {
             .map(|r| r.name.clone())
             .collect();
         let removed: Vec<String> =
-            old.routes.iter().filter(|r| !now.contains_key(r.name.as_str())).map(|r| r.name.clone()).collect();
+            old.routes.iter().filter(|r| !now.contains(r.name.as_str())).map(|r| r.name.clone()).collect();
         self.store.reloaded(&read, &removed);
     }
 
