@@ -35,7 +35,9 @@
 #   (add cutover-base to PROXIES with CUTOVER_BASE=<another build> to set two
 #   builds side by side in the same rounds; add relay for the floor of the
 #   http sections: HAProxy relaying bytes in mode tcp, no HTTP work, a
-#   measure of the kernel's share of any proxy's CPU per request)
+#   measure of the kernel's share of any proxy's CPU per request; and
+#   relay-tokio for the same in Rust, benches/relay.rs, built here with
+#   cargo; RELAY_WORK=n and RELAY_TOUCH=bytes give it work per request)
 #   (http-fleet also uses BASE_PORT+110 and +111 for etcd)
 # Nothing is installed: missing tools are named with the command to install them.
 set -euo pipefail
@@ -75,6 +77,16 @@ if [[ ! -x $CUTOVER ]]; then
     echo "no cutover binary at $CUTOVER: build it with 'cargo build --release' (or set CUTOVER=)" >&2
     exit 1
 fi
+RELAY_TOKIO=
+if [[ " $PROXIES " == *" relay-tokio "* ]]; then
+    RELAY_TOKIO=$(cd "$ROOT" && cargo build --release --bench relay --message-format=json 2>/dev/null |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "relay" and m.get("executable"):
+        print(m["executable"])')
+    [[ -x $RELAY_TOKIO ]] || { echo "could not build benches/relay.rs: cargo build --release --bench relay" >&2; exit 1; }
+fi
 # The idle client and each proxy need a descriptor per idle connection.
 if (($(ulimit -n) < IDLE_CONNS + 100)); then
     ulimit -n $((IDLE_CONNS + 100)) 2>/dev/null || {
@@ -94,7 +106,7 @@ cleanup() {
 trap cleanup EXIT
 
 port_of() { # proxy -> plain port
-    case $1 in cutover | cutover-fleet | cutover-base) echo $((BASE_PORT + 80)) ;; nginx) echo $((BASE_PORT + 90)) ;; haproxy) echo $((BASE_PORT + 100)) ;; relay) echo $((BASE_PORT + 70)) ;; esac
+    case $1 in cutover | cutover-fleet | cutover-base) echo $((BASE_PORT + 80)) ;; nginx) echo $((BASE_PORT + 90)) ;; haproxy) echo $((BASE_PORT + 100)) ;; relay) echo $((BASE_PORT + 70)) ;; relay-tokio) echo $((BASE_PORT + 60)) ;; esac
 }
 tls_port_of() { echo $(($(port_of "$1") + 363)); }
 
@@ -178,6 +190,9 @@ start_proxy() { # proxy
             fi
             taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$out" 2>"$WORK/haproxy.err" &
             ;;
+        relay-tokio)
+            taskset -c "$PROXY_CPU" "$RELAY_TOKIO" "127.0.0.1:$(port_of relay-tokio)" "127.0.0.1:$STABLE" &
+            ;;
         relay)
             render relay.cfg relay
             taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/relay.cfg" >"$WORK/relay.out" 2>"$WORK/relay.err" &
@@ -186,7 +201,7 @@ start_proxy() { # proxy
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
     wait_port "$(port_of "$1")"
-    [[ $1 == relay ]] || wait_port "$(tls_port_of "$1")"
+    [[ $1 == relay* ]] || wait_port "$(tls_port_of "$1")"
     [[ $1 == cutover-fleet ]] && wait_fleet
     return 0
 }
@@ -340,8 +355,12 @@ load_section() { # section
     local round proxies p
     read -ra proxies <<<"$PROXIES"
     [[ $1 == http-fleet ]] && proxies=(cutover cutover-fleet)
-    # The relay forwards plain HTTP/1.1 only, and writes no log.
-    [[ $1 == http || $1 == http-stdout ]] || read -ra proxies <<<"${proxies[*]/relay/}"
+    # The relays forward plain HTTP/1.1 only, and write no log.
+    if [[ $1 != http && $1 != http-stdout ]]; then
+        local kept=()
+        for p in "${proxies[@]}"; do [[ $p == relay* ]] || kept+=("$p"); done
+        proxies=("${kept[@]}")
+    fi
     case $1 in *-log) LOGGING=file ;; http-stdout) LOGGING=stdout ;; *) LOGGING=off ;; esac
     for round in $(seq "$ROUNDS"); do
         for i in "${!proxies[@]}"; do
