@@ -1,6 +1,7 @@
 //! Front-door security, black-box: the host cutover routes by is the one
 //! host the backend is told (HTTP/1.1 absolute form, HTTP/2 `:authority`
-//! and `host`, `Connection` naming `Host`), no h2c tunnel past routing, and
+//! and `host`, `Connection` naming `Host`), no h2c tunnel past routing, a
+//! TRACE or OPTIONS whose `Max-Forwards` runs out stops at the proxy, and
 //! valid input accepted (leading zeros, a later HTTP/1.x minor version).
 //!
 //! Backends here are raw sockets that record each request head exactly as
@@ -136,6 +137,7 @@ fn forwarded(request_line: &str, fields: &[&str], host: &str, route: &str, via: 
 #[derive(Debug)]
 struct Answer {
     status_line: String,
+    head: String,
     status: u16,
     body: String,
     closed: bool,
@@ -160,7 +162,7 @@ async fn exchange(addr: SocketAddr, request: &[u8], then_closed: bool) -> Answer
         within("body", reader.take(length)).await.unwrap()
     };
     let closed = then_closed && within("close", reader.until_closed()).await.is_empty();
-    Answer { status_line, status, body: lossy(&body), closed }
+    Answer { status_line, head, status, body: lossy(&body), closed }
 }
 
 /// A request the HTTP/1.1 server refuses: `status` with `text`, the
@@ -645,4 +647,95 @@ async fn the_same_host_rules_hold_on_tls_listeners() {
     assert_h2_host_rules(&mut h2, &web, &admin).await;
     let text = proxy.metrics();
     assert_eq!(metric(&text, r#"cutover_http1_head_refusals_total{code="400",listener="https"}"#), 1.0);
+}
+
+// ------------------------------------------- Max-Forwards (RFC 9110 §7.6.2)
+
+const TRACE_ENDS: &str =
+    "405 Method Not Allowed: TRACE with Max-Forwards: 0 ends at the proxy, which does not reflect it\n";
+
+fn allows_options(head: &str) -> bool {
+    head.to_ascii_lowercase().contains("\r\nallow: options\r\n")
+}
+
+/// At 0 the proxy is the final recipient: OPTIONS is answered by the
+/// proxy for itself, a TRACE is not reflected (it would show the cookie
+/// to whoever sent it), and neither reaches a backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_or_options_with_max_forwards_0_ends_at_the_proxy() {
+    let (web, admin) = (RawBackend::start(OK).await, RawBackend::start(OK).await);
+    let proxy = proxy(&web, &admin, "");
+    for target in ["*", "/a"] {
+        let request = format!("OPTIONS {target} HTTP/1.1\r\nHost: admin.example.com\r\nMax-Forwards: 0\r\n\r\n");
+        let answer = exchange(proxy.addr(), request.as_bytes(), false).await;
+        assert_eq!((answer.status, answer.body.as_str()), (200, ""), "{}", answer.head);
+        assert!(allows_options(&answer.head), "{}", answer.head);
+    }
+    let request = b"TRACE /a HTTP/1.1\r\nHost: admin.example.com\r\nMax-Forwards: 00\r\nCookie: session=s3cret\r\n\r\n";
+    let answer = exchange(proxy.addr(), request, false).await;
+    assert_eq!((answer.status, answer.body.as_str()), (405, TRACE_ENDS));
+    assert!(allows_options(&answer.head), "{}", answer.head);
+    assert!(!answer.head.contains("s3cret"));
+    for backend in [&web, &admin] {
+        assert!(backend.received().is_empty(), "reached a backend: {:?}", backend.received());
+    }
+}
+
+/// Above 0 a TRACE or OPTIONS goes on with one hop less; other methods
+/// carry the field to the backend untouched (RFC 9110 lets a recipient
+/// ignore it there); one field of digits or the request is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_forwards_is_lowered_on_trace_and_options_and_checked() {
+    let (web, admin) = (RawBackend::start(OK).await, RawBackend::start(OK).await);
+    let proxy = proxy(&web, &admin, "");
+    for (request_line, sent, kept) in [
+        ("OPTIONS /a HTTP/1.1", "5", "4"),
+        ("TRACE /a HTTP/1.1", "1", "0"),
+        ("OPTIONS /b HTTP/1.1", "99999999999999999999999", "18446744073709551614"),
+        ("GET /a HTTP/1.1", "0", "0"),
+    ] {
+        let request = format!("{request_line}\r\nHost: admin.example.com\r\nMax-Forwards: {sent}\r\n\r\n");
+        assert_eq!(exchange(proxy.addr(), request.as_bytes(), false).await.status, 200, "{request_line}");
+        let fields = ["host: admin.example.com".to_string(), format!("max-forwards: {kept}")];
+        let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+        let want = forwarded(request_line, &fields, "admin.example.com", "admin", "1.1 cutover");
+        assert_eq!(admin.received().pop().expect("a request").head, want);
+    }
+    let forwarded_before = admin.received().len();
+    for (fields, text) in [
+        ("Max-Forwards: x\r\n", "400 Bad Request: invalid Max-Forwards field\n"),
+        ("Max-Forwards: -1\r\n", "400 Bad Request: invalid Max-Forwards field\n"),
+        ("Max-Forwards: 3\r\nMax-Forwards: 3\r\n", "400 Bad Request: more than one Max-Forwards field\n"),
+        ("Max-Forwards: 1, 1\r\n", "400 Bad Request: invalid Max-Forwards field\n"),
+    ] {
+        let request = format!("TRACE /a HTTP/1.1\r\nHost: admin.example.com\r\n{fields}\r\n");
+        let answer = exchange(proxy.addr(), request.as_bytes(), false).await;
+        assert_eq!((answer.status, answer.body.as_str()), (400, text), "{fields:?}");
+    }
+    assert_eq!(admin.received().len(), forwarded_before, "a refused request reached the backend");
+    assert!(web.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_trace_and_options_count_max_forwards_too() {
+    let (web, admin) = (RawBackend::start(OK).await, RawBackend::start(OK).await);
+    let proxy = proxy(&web, &admin, "");
+    let mut h2 = h2(proxy.addr()).await;
+    let with = |method: &str, hops: &str| {
+        Request::builder()
+            .method(method)
+            .uri("http://admin.example.com/a")
+            .header("max-forwards", hops)
+            .body(empty())
+            .unwrap()
+    };
+    assert_eq!(h2_send(&mut h2, with("OPTIONS", "0")).await, (StatusCode::OK, String::new()));
+    assert_eq!(h2_send(&mut h2, with("TRACE", "0")).await, (StatusCode::METHOD_NOT_ALLOWED, TRACE_ENDS.to_string()));
+    let invalid = "400 Bad Request: invalid Max-Forwards field\n".to_string();
+    assert_eq!(h2_send(&mut h2, with("TRACE", "two")).await, (StatusCode::BAD_REQUEST, invalid));
+    assert!(admin.received().is_empty(), "reached a backend: {:?}", admin.received());
+    assert_eq!(h2_send(&mut h2, with("OPTIONS", "2")).await, (StatusCode::OK, "ok\n".to_string()));
+    let head = admin.only().head.to_ascii_lowercase();
+    assert!(head.starts_with("options /a http/1.1\r\n") && head.contains("\r\nmax-forwards: 1\r\n"), "{head}");
+    assert!(web.received().is_empty());
 }

@@ -114,6 +114,37 @@ fn decimal(digits: &[u8]) -> Option<u64> {
     Some(significant.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+/// Where a TRACE or OPTIONS request goes after this hop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hops {
+    /// On to the backend, with `Max-Forwards` set to this (one less than
+    /// it came with), or without one when it came without.
+    Forward(Option<HeaderValue>),
+    /// Nowhere: `Max-Forwards` is 0, the proxy is the final recipient.
+    Last,
+}
+
+/// RFC 9110 §7.6.2: an intermediary must check and lower a TRACE or
+/// OPTIONS request's `Max-Forwards` before forwarding it, and at 0 must
+/// not forward it but answer as the final recipient. One field of
+/// `1*DIGIT`, or the request is malformed; a count too large for 64 bits
+/// is as good as the largest.
+pub fn max_forwards(headers: &HeaderMap) -> Result<Hops, &'static str> {
+    let mut values = headers.get_all(header::MAX_FORWARDS).iter();
+    let Some(value) = values.next() else { return Ok(Hops::Forward(None)) };
+    if values.next().is_some() {
+        return Err("400 Bad Request: more than one Max-Forwards field\n");
+    }
+    let digits = value.as_bytes();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err("400 Bad Request: invalid Max-Forwards field\n");
+    }
+    match digits.iter().fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0'))) {
+        0 => Ok(Hops::Last),
+        hops => Ok(Hops::Forward(Some(HeaderValue::from(hops - 1)))),
+    }
+}
+
 /// One host identity for an HTTP/2 request (RFC 9113 §8.3.1): `:authority`
 /// without user info and valid as a Host; at most one `host` field, valid,
 /// and the same as `:authority` when both are there (a differing one makes

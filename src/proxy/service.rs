@@ -24,7 +24,7 @@ use super::DataSignal;
 use super::body::{ClientBody, ReadAhead, ReadIdle, RequestBody, ResponseBody};
 use super::client_timeouts::{self as activity, Activity};
 use super::h1::client::{Connection, Failure, UpstreamBody};
-use super::headers::{self, Forwarded};
+use super::headers::{self, Forwarded, Hops};
 use super::listener::{ClientUpgrade, Worker};
 use super::queue::{self, InFlight, Refused};
 use super::upstream::{self, UpstreamError};
@@ -142,6 +142,14 @@ fn decide(
             "405 Method Not Allowed: CONNECT\n",
         ));
     }
+    let mut lowered_hops = None;
+    if matches!(*req.method(), Method::TRACE | Method::OPTIONS) {
+        match headers::max_forwards(req.headers()) {
+            Ok(Hops::Forward(lowered)) => lowered_hops = lowered,
+            Ok(Hops::Last) => return Err(last_hop(worker, conn, req, start)),
+            Err(text) => return Err(local(worker, conn, req, start, StatusCode::BAD_REQUEST, text)),
+        }
+    }
     if let Some(enroll) = &snap.config.beta.enroll_path
         && req.uri().path() == enroll
     {
@@ -153,7 +161,12 @@ fn decide(
     let head =
         Head { host: host.as_deref(), path: req.uri().path(), headers: req.headers(), client_ip: conn.client_ip, now };
     match routing::decide(&snap.rules, &head, rand::random::<u64>) {
-        Outcome::Routed(d) => Ok(d),
+        Outcome::Routed(d) => {
+            if let Some(lowered) = lowered_hops {
+                req.headers_mut().insert(header::MAX_FORWARDS, lowered);
+            }
+            Ok(d)
+        }
         Outcome::NoRoute => Err(local(
             worker,
             conn,
@@ -280,6 +293,29 @@ fn local(
     log_unrouted(worker, conn, req, start, status, text.len() as u64);
     conn.activity.request_ended();
     text_response(status, text)
+}
+
+/// The answer of the final recipient to a TRACE or OPTIONS request whose
+/// `Max-Forwards` ran out here (RFC 9110 §7.6.2). The proxy, as a resource
+/// of its own, serves OPTIONS only; it does not reflect a TRACE, which
+/// would hand the client's cookies and credentials back to whatever script
+/// sent it (nginx refuses TRACE altogether).
+fn last_hop(
+    worker: &Rc<Worker>,
+    conn: &Rc<ConnInfo>,
+    req: &Request<ClientBody>,
+    start: Instant,
+) -> Response<ResponseBody> {
+    let mut resp = if req.method() == Method::OPTIONS {
+        let mut resp = local(worker, conn, req, start, StatusCode::OK, "");
+        resp.headers_mut().remove(header::CONTENT_TYPE);
+        resp
+    } else {
+        let text = "405 Method Not Allowed: TRACE with Max-Forwards: 0 ends at the proxy, which does not reflect it\n";
+        local(worker, conn, req, start, StatusCode::METHOD_NOT_ALLOWED, text)
+    };
+    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("OPTIONS"));
+    resp
 }
 
 fn log_unrouted(
