@@ -714,10 +714,14 @@ async fn an_invalid_content_length_is_502_and_the_proxy_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_instead_of_a_status_line_is_502() {
-    const GARBAGE: [&[u8]; 5] = [
+    const GARBAGE: [&[u8]; 8] = [
         b"NONSENSE\r\n\r\n",
         b"HTTP/1.1 OK\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
+        // Three digits, but no HTTP status (RFC 9110 §15).
+        b"HTTP/1.1 099 Early\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 600 Library Error\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 999 Late\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 0\r\n\r\n",
     ];

@@ -538,6 +538,12 @@ fn parse_into(buf: &mut BytesMut, asked: Asked, spans: &mut Vec<Span>) -> Result
     let (Some(code), Some(minor)) = (resp.code, resp.version) else {
         return Err(protocol("invalid status line"));
     };
+    // RFC 9110 §15: values outside 100..=599 are invalid (600..=999 are
+    // some libraries' internal errors); passed on, a client would have to
+    // guess what they mean.
+    if !(100..=599).contains(&code) {
+        return Err(protocol("invalid status code"));
+    }
     let status = StatusCode::from_u16(code).map_err(|_| protocol("invalid status code"))?;
     let base = buf.as_ptr() as usize;
     spans.clear();
