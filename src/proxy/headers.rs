@@ -139,7 +139,8 @@ pub fn max_forwards(headers: &HeaderMap) -> Result<Hops, &'static str> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Err("400 Bad Request: invalid Max-Forwards field\n");
     }
-    match digits.iter().fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0'))) {
+    // Digits that `decimal` cannot hold are more hops than anyone counts.
+    match decimal(digits).unwrap_or(u64::MAX) {
         0 => Ok(Hops::Last),
         hops => Ok(Hops::Forward(Some(HeaderValue::from(hops - 1)))),
     }

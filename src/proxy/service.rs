@@ -162,6 +162,7 @@ fn decide(
         Head { host: host.as_deref(), path: req.uri().path(), headers: req.headers(), client_ip: conn.client_ip, now };
     match routing::decide(&snap.rules, &head, rand::random::<u64>) {
         Outcome::Routed(d) => {
+            // Written once routing is done with the head (`host` borrows it).
             if let Some(lowered) = lowered_hops {
                 req.headers_mut().insert(header::MAX_FORWARDS, lowered);
             }
